@@ -1,0 +1,135 @@
+"""Frozen configuration dataclasses for the networks.
+
+One dataclass per component; :class:`ModelConfig` composes them. Every registered variant in
+:mod:`volsam.registry` is one of these, so a new variant is a new config, never a new module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+BlockStyle = Literal["sam", "fastsam"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """3D ViT image encoder.
+
+    Attributes:
+        img_size: side of the cubic input volume, voxels.
+        patch_size: side of a cubic patch, voxels; the token grid is ``img_size // patch_size`` per axis.
+        embed_dim: token width C.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block (head dim = embed_dim // num_heads).
+        mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
+        out_chans: channels of the neck output (= prompt/decoder width).
+        window_size: window side for non-global blocks; 0 makes every block global.
+        global_attn_indexes: blocks with global attention when ``window_size > 0``.
+        mlp_only_blocks: the first N blocks have no attention (FastSAM3D's student).
+        block_style: ``"sam"`` (``x + mlp(norm2(x))``) or ``"fastsam"`` (``norm2`` on the residual stream).
+    """
+
+    img_size: int = 128
+    patch_size: int = 16
+    in_chans: int = 1
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    out_chans: int = 384
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    mlp_only_blocks: int = 0
+    block_style: BlockStyle = "sam"
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per axis."""
+        return self.img_size // self.patch_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def is_global(self, index: int) -> bool:
+        return self.window_size == 0 or index in self.global_attn_indexes
+
+    def has_attention(self, index: int) -> bool:
+        return index >= self.mlp_only_blocks
+
+
+@dataclass(frozen=True)
+class PromptEncoderConfig:
+    """Prompt encoder: points and a low-res mask prompt -> sparse and dense embeddings."""
+
+    embed_dim: int = 384
+    image_embedding_size: int = 8
+    input_image_size: int = 128
+    mask_in_chans: int = 16
+
+
+@dataclass(frozen=True)
+class MaskDecoderConfig:
+    """Two-way transformer mask decoder."""
+
+    transformer_dim: int = 384
+    depth: int = 2
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole promptable model."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prompt: PromptEncoderConfig = field(default_factory=PromptEncoderConfig)
+    decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_encoder(self, **changes: object) -> ModelConfig:
+        """A copy with some encoder fields changed (e.g. ``depth=4``)."""
+        return replace(self, encoder=replace(self.encoder, **changes))
+
+
+def make_config(
+    *,
+    embed_dim: int,
+    depth: int,
+    num_heads: int,
+    prompt_dim: int,
+    window_size: int = 14,
+    global_attn_indexes: tuple[int, ...] = (),
+    mlp_only_blocks: int = 0,
+    block_style: BlockStyle = "sam",
+    img_size: int = 128,
+    patch_size: int = 16,
+) -> ModelConfig:
+    """Small builder shared by the registry: the encoder width varies, the rest follows SAM-Med3D."""
+    grid = img_size // patch_size
+    return ModelConfig(
+        encoder=EncoderConfig(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            out_chans=prompt_dim,
+            window_size=window_size,
+            global_attn_indexes=global_attn_indexes,
+            mlp_only_blocks=mlp_only_blocks,
+            block_style=block_style,
+        ),
+        prompt=PromptEncoderConfig(embed_dim=prompt_dim, image_embedding_size=grid, input_image_size=img_size),
+        decoder=MaskDecoderConfig(transformer_dim=prompt_dim),
+    )

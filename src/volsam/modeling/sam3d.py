@@ -1,0 +1,84 @@
+"""The composed promptable model: encoder, prompt encoder and mask decoder injected as parts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from volsam.config import ModelConfig
+from volsam.modeling.image_encoder import ImageEncoderViT3D
+from volsam.modeling.mask_decoder import MaskDecoder3D
+from volsam.modeling.prompt_encoder import PromptEncoder3D
+
+
+class Sam3D(nn.Module):
+    """SAM-style 3D model. Call conventions follow SAM-Med3D so code written for it ports directly.
+
+    Window tensors are [B, 1, S, S, S] (S = 128 for the released models), points are (a, b, c) voxel
+    coordinates of that window in tensor-axis order, masks are low-res logits [B, 1, S/4, S/4, S/4].
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoderViT3D,
+        prompt_encoder: PromptEncoder3D,
+        mask_decoder: MaskDecoder3D,
+        config: ModelConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.config = config
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> Sam3D:
+        if cfg.encoder.out_chans != cfg.prompt.embed_dim or cfg.prompt.embed_dim != cfg.decoder.transformer_dim:
+            raise ValueError(
+                "encoder.out_chans, prompt.embed_dim and decoder.transformer_dim must be equal, got "
+                f"{cfg.encoder.out_chans}, {cfg.prompt.embed_dim}, {cfg.decoder.transformer_dim}"
+            )
+        return cls(ImageEncoderViT3D(cfg.encoder), PromptEncoder3D(cfg.prompt), MaskDecoder3D(cfg.decoder), cfg)
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.cfg.img_size
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + decoder on a cached embedding [B, C, G, G, G].
+
+        Returns low-res logits [B, 1 or 3, 4G, 4G, 4G] and IoU predictions [B, 1 or 3].
+        """
+        points = None if coords is None else (coords, labels)
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trainable end-to-end pass: image [B, 1, S, S, S] -> (low-res logits, IoU)."""
+        return self.decode(self.image_encoder(image), coords, labels, mask_input, multimask_output)
+
+    def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [B, M, S/4, S/4, S/4] -> [B, M, S, S, S], trilinear (align_corners=False)."""
+        s = self.img_size
+        return F.interpolate(low_res, size=(s, s, s), mode="trilinear", align_corners=False)
