@@ -1,0 +1,191 @@
+"""Checkpoint reading, strict loading with readable reports, and saving.
+
+Accepted layouts, as released: ``{'model_state_dict': ...}`` (SAM-Med3D, FastSAM3D training dicts),
+``{'state_dict': ...}``, ``{'model': ...}``, a bare state_dict, keys prefixed ``module.`` (DDP),
+encoder-only students (bare ``blocks.*`` / ``patch_embed.*`` keys) and ``.safetensors``.
+Loading is always strict: a missing or unexpected key, or a shape mismatch, is an error that names
+the keys and, where the file fits another registered variant, which one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from volsam.modeling import Sam3D
+from volsam.registry import build_model, key_shapes, list_models
+
+ENCODER_PREFIX = "image_encoder."
+_WRAPPERS = ("model_state_dict", "state_dict", "model")
+_ENCODER_ROOTS = ("patch_embed.", "pos_embed", "blocks.", "neck.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message is one line."""
+
+
+def read_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into a flat state_dict with official key names.
+
+    ``weights_only=True`` unless ``trust_checkpoint``: older checkpoints that pickled Python objects
+    (an ``argparse.Namespace``) need full unpickling, which can run arbitrary code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors and needs full unpickling; "
+                "if you trust the file, pass trust_checkpoint=True (CLI: --trust-checkpoint)"
+            ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {e}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {msg}") from None
+    return normalize_state_dict(obj, source=str(path))
+
+
+def normalize_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Unwrap training dicts, strip ``module.`` and prefix bare encoder keys with ``image_encoder.``."""
+    for _ in range(2):  # training dicts may nest once more (e.g. {'model': {'state_dict': ...}})
+        if isinstance(obj, dict):
+            for key in _WRAPPERS:
+                if key in obj and isinstance(obj[key], dict):
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{source} holds no state_dict of tensors")
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+    if all(k.startswith(_ENCODER_ROOTS) for k in sd):
+        sd = {ENCODER_PREFIX + k: v for k, v in sd.items()}
+    return sd
+
+
+def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def is_encoder_only(sd: dict[str, torch.Tensor]) -> bool:
+    return all(k.startswith(ENCODER_PREFIX) for k in sd)
+
+
+def matching_models(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Registered variants whose keys and shapes the state_dict fits exactly (encoder part only for an
+    encoder-only file)."""
+    got = _shapes(sd)
+    enc_only = is_encoder_only(sd)
+    out = []
+    for name in list_models():
+        want = key_shapes(name)
+        if enc_only:
+            want = {k: v for k, v in want.items() if k.startswith(ENCODER_PREFIX)}
+        if want == got:
+            out.append(name)
+    return out
+
+
+def _mismatch_report(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], limit: int = 4) -> str:
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    wrong = [f"{k} {got[k]} != {want[k]}" for k in want if k in got and got[k] != want[k]]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{label} {len(items)}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str) -> None:
+    want = _shapes(model.state_dict())
+    got = _shapes(sd)
+    if want != got:
+        fits = matching_models({("" if what == "model" else ENCODER_PREFIX) + k: v for k, v in sd.items()})
+        hint = f"; the file fits registered model {', '.join(fits)}" if fits else "; it fits no registered model"
+        raise CheckpointError(f"{source} does not fit {what}: {_mismatch_report(want, got)}{hint}")
+    model.load_state_dict(sd, strict=True)
+
+
+def load_weights(
+    model: Sam3D,
+    name: str,
+    checkpoint: str | Path,
+    *,
+    decoder_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+) -> None:
+    """Load a checkpoint into ``model`` (registered as ``name``) strictly."""
+    sd = read_state_dict(checkpoint, trust_checkpoint=trust_checkpoint)
+    if not is_encoder_only(sd):
+        if decoder_checkpoint is not None:
+            raise CheckpointError(f"{checkpoint} holds a whole model; decoder_checkpoint is only for encoder-only files")
+        _load_strict(model, sd, f"model {name!r}", str(checkpoint))
+        return
+    if decoder_checkpoint is None:
+        raise CheckpointError(
+            f"{checkpoint} holds an image encoder only; give decoder_checkpoint= (CLI: --decoder-checkpoint) "
+            "with the prompt encoder and mask decoder to pair it with (e.g. sam_med3d_turbo.pth)"
+        )
+    enc = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items()}
+    _load_strict(model.image_encoder, enc, f"the image encoder of {name!r}", str(checkpoint))
+    dec = read_state_dict(decoder_checkpoint, trust_checkpoint=trust_checkpoint)
+    for part in ("prompt_encoder", "mask_decoder"):
+        sub = {k[len(part) + 1 :]: v for k, v in dec.items() if k.startswith(part + ".")}
+        _load_strict(getattr(model, part), sub, f"the {part} of {name!r}", str(decoder_checkpoint))
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    decoder_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    device: str | torch.device | None = None,
+) -> Sam3D:
+    """Build the registered variant a checkpoint fits (inferred from keys and shapes) and load it."""
+    sd = read_state_dict(path, trust_checkpoint=trust_checkpoint)
+    fits = matching_models(sd)
+    if not fits:
+        near = min(list_models(), key=lambda n: len(set(key_shapes(n).items()) ^ set(_shapes(sd).items())))
+        report = _mismatch_report(key_shapes(near), _shapes(sd))
+        raise CheckpointError(f"{path} fits no registered model (nearest {near!r}: {report})")
+    return build_model(
+        fits[0], path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
+    )
+
+
+def save_checkpoint(model: Sam3D, path: str | Path, **extra: Any) -> Path:
+    """Write ``{'model_state_dict': ..., **extra}`` atomically (temporary file, then rename).
+
+    The official SAM-Med3D code loads this layout; ``extra`` carries training state.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+        else:
+            torch.save({"model_state_dict": state, **extra}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,126 @@
+"""Named model variants and their builders (timm-style registry).
+
+A variant is a :class:`~volsam.config.ModelConfig`; adding one (a smaller student, say) is one
+``register_model`` call, never a copy of a module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from volsam.config import ModelConfig, make_config
+from volsam.modeling import Sam3D
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    config: Callable[[], ModelConfig]
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+DEFAULT_MODEL = "volsam_small"
+
+
+def register_model(name: str, description: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+    """Decorator registering a zero-argument function that returns the variant's config."""
+
+    def wrap(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelSpec(name, description, fn)
+        return fn
+
+    return wrap
+
+
+@register_model("sam_med3d", "SAM-Med3D vit_b_ori: 12 blocks x 768, window 14 + global 2/5/8/11 (sam_med3d_turbo.pth)")
+def _sam_med3d() -> ModelConfig:
+    return make_config(embed_dim=768, depth=12, num_heads=12, prompt_dim=384, global_attn_indexes=(2, 5, 8, 11))
+
+
+@register_model("fastsam3d", "FastSAM3D student: 6 blocks x 768, 6 heads, blocks 0-1 MLP-only, global (FastSAM3D.pth)")
+def _fastsam3d() -> ModelConfig:
+    return make_config(
+        embed_dim=768, depth=6, num_heads=6, prompt_dim=384, window_size=0, mlp_only_blocks=2, block_style="fastsam"
+    )
+
+
+@register_model("sam_med3d_mini", "parity-fixture configuration of SAM-Med3D: 4 blocks x 96")
+def _sam_med3d_mini() -> ModelConfig:
+    return make_config(embed_dim=96, depth=4, num_heads=4, prompt_dim=96, global_attn_indexes=(1, 3))
+
+
+@register_model("fastsam3d_mini", "parity-fixture configuration of FastSAM3D: 4 blocks x 96, 2 heads")
+def _fastsam3d_mini() -> ModelConfig:
+    return make_config(
+        embed_dim=96, depth=4, num_heads=2, prompt_dim=96, window_size=0, mlp_only_blocks=2, block_style="fastsam"
+    )
+
+
+@register_model("volsam_small", "volsam's CPU student: 6 blocks x 384, 6 heads, global, decoder width 384")
+def _volsam_small() -> ModelConfig:
+    return make_config(embed_dim=384, depth=6, num_heads=6, prompt_dim=384, window_size=0, block_style="sam")
+
+
+def list_models() -> list[str]:
+    """Names of the registered variants."""
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def model_config(name: str) -> ModelConfig:
+    return model_spec(name).config()
+
+
+def build_model(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    decoder_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    device: str | torch.device | None = None,
+) -> Sam3D:
+    """Build a registered variant, optionally loading weights strictly.
+
+    Args:
+        name: registered variant; None infers it from ``checkpoint``'s keys and shapes.
+        checkpoint: official or volsam checkpoint (see :func:`volsam.checkpoint.read_state_dict`).
+        decoder_checkpoint: where the prompt encoder and decoder come from when ``checkpoint`` holds an
+            encoder only (FastSAM3D's distilled students).
+        trust_checkpoint: allow full unpickling (only for files you trust).
+        device: where to put the model.
+    """
+    from volsam import checkpoint as ckpt  # late import: checkpoint uses this registry
+
+    if name is None:
+        if checkpoint is None:
+            raise ValueError("give a model name or a checkpoint to infer it from")
+        return ckpt.load_checkpoint(
+            checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
+        )
+    model = Sam3D.from_config(model_config(name))
+    if checkpoint is not None:
+        ckpt.load_weights(
+            model, name, checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
+        )
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def key_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """state_dict key -> shape of a variant, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        model = Sam3D.from_config(model_config(name))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
