@@ -47,14 +47,14 @@ def read_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
         else:
             obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        if "Unsupported global" in str(e):
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors and needs full unpickling; "
                 "if you trust the file, pass trust_checkpoint=True (CLI: --trust-checkpoint)"
             ) from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {e}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {msg}") from None
     return normalize_state_dict(obj, source=str(path))
 
@@ -110,11 +110,12 @@ def _mismatch_report(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int,
     return "; ".join(parts)
 
 
-def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str) -> None:
+def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str, prefix: str = "") -> None:
+    """Load strictly; ``prefix`` turns ``sd``'s keys back into whole-model keys for the hint."""
     want = _shapes(model.state_dict())
     got = _shapes(sd)
     if want != got:
-        fits = matching_models({("" if what == "model" else ENCODER_PREFIX) + k: v for k, v in sd.items()})
+        fits = matching_models({prefix + k: v for k, v in sd.items()})
         hint = f"; the file fits registered model {', '.join(fits)}" if fits else "; it fits no registered model"
         raise CheckpointError(f"{source} does not fit {what}: {_mismatch_report(want, got)}{hint}")
     model.load_state_dict(sd, strict=True)
@@ -132,7 +133,9 @@ def load_weights(
     sd = read_state_dict(checkpoint, trust_checkpoint=trust_checkpoint)
     if not is_encoder_only(sd):
         if decoder_checkpoint is not None:
-            raise CheckpointError(f"{checkpoint} holds a whole model; decoder_checkpoint is only for encoder-only files")
+            raise CheckpointError(
+                f"{checkpoint} holds a whole model; decoder_checkpoint is only for encoder-only files"
+            )
         _load_strict(model, sd, f"model {name!r}", str(checkpoint))
         return
     if decoder_checkpoint is None:
@@ -141,11 +144,11 @@ def load_weights(
             "with the prompt encoder and mask decoder to pair it with (e.g. sam_med3d_turbo.pth)"
         )
     enc = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items()}
-    _load_strict(model.image_encoder, enc, f"the image encoder of {name!r}", str(checkpoint))
+    _load_strict(model.image_encoder, enc, f"the image encoder of {name!r}", str(checkpoint), ENCODER_PREFIX)
     dec = read_state_dict(decoder_checkpoint, trust_checkpoint=trust_checkpoint)
     for part in ("prompt_encoder", "mask_decoder"):
         sub = {k[len(part) + 1 :]: v for k, v in dec.items() if k.startswith(part + ".")}
-        _load_strict(getattr(model, part), sub, f"the {part} of {name!r}", str(decoder_checkpoint))
+        _load_strict(getattr(model, part), sub, f"the {part} of {name!r}", str(decoder_checkpoint), part + ".")
 
 
 def load_checkpoint(

@@ -19,8 +19,14 @@ from volsam.modeling.attention import get_rel_pos
 
 def fixture_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
     """Weights drawn by the rule in ../shared/fixtures/parity/README.md."""
-    tables = ("positional_encoding_gaussian_matrix", "point_embeddings.", "not_a_point_embed", "no_mask_embed",
-              "iou_token", "mask_tokens")
+    tables = (
+        "positional_encoding_gaussian_matrix",
+        "point_embeddings.",
+        "not_a_point_embed",
+        "no_mask_embed",
+        "iou_token",
+        "mask_tokens",
+    )
     norms = ("neck.1.", "neck.3.", "mask_downscaling.1.", "mask_downscaling.4.", "output_upscaling.1.")
     out = {}
     for key, shape in keys:
@@ -101,8 +107,11 @@ def reference_encoder(sd: dict[str, torch.Tensor], cfg: EncoderConfig, x: torch.
             h = x
         else:
             h = _ln(x, sd, p + "norm2.")
-        h = F.linear(F.gelu(F.linear(h, sd[p + "mlp.lin1.weight"], sd[p + "mlp.lin1.bias"])),
-                     sd[p + "mlp.lin2.weight"], sd[p + "mlp.lin2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, sd[p + "mlp.lin1.weight"], sd[p + "mlp.lin1.bias"])),
+            sd[p + "mlp.lin2.weight"],
+            sd[p + "mlp.lin2.bias"],
+        )
         x = x + h
     x = x.permute(0, 4, 1, 2, 3)
     x = _ln3d(F.conv3d(x, sd[e + "neck.0.weight"]), sd, e + "neck.1.")

@@ -191,9 +191,7 @@ class DecoderAttention(nn.Module):
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
         if self.internal_dim % num_heads:
-            raise ValueError(
-                f"internal dim {self.internal_dim} must be divisible by num_heads={num_heads}"
-            )
+            raise ValueError(f"internal dim {self.internal_dim} must be divisible by num_heads={num_heads}")
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)

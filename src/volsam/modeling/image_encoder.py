@@ -94,8 +94,7 @@ class ImageEncoderViT3D(nn.Module):
         _, ch, d, h, w = x.shape
         if ch != c.in_chans or not (d == h == w) or d % c.patch_size:
             raise ValueError(
-                f"image must be {expected} (a cube whose side is a multiple of {c.patch_size}), "
-                f"got {tuple(x.shape)}"
+                f"image must be {expected} (a cube whose side is a multiple of {c.patch_size}), got {tuple(x.shape)}"
             )
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -124,9 +124,7 @@ class MaskDecoder3D(nn.Module):
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
         up = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
-        hyper = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
         _, cu, ux, uy, uz = up.shape
         masks = (hyper @ up.reshape(b, cu, ux * uy * uz)).reshape(b, -1, ux, uy, uz)
         return masks, self.iou_prediction_head(iou_token_out)

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+import volsam
+from volsam.checkpoint import CheckpointError, read_state_dict, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def mini_sd(load_fixture):
+    return load_fixture("sam_med3d_mini")["state_dict"]
+
+
+def _same(model, sd):
+    msd = model.state_dict()
+    return msd.keys() == sd.keys() and all(torch.equal(msd[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("layout", ["model_state_dict", "state_dict", "bare", "ddp", "training"])
+def test_released_layouts_load_and_infer_architecture(tmp_path, mini_sd, layout):
+    obj = {
+        "model_state_dict": {"model_state_dict": mini_sd},
+        "state_dict": {"state_dict": mini_sd},
+        "bare": mini_sd,
+        "ddp": {"module." + k: v for k, v in mini_sd.items()},
+        "training": {"epoch": 3, "model_state_dict": mini_sd, "optimizer_state_dict": {"lr": 1e-4}},
+    }[layout]
+    path = tmp_path / "ckpt.pth"
+    torch.save(obj, path)
+    model = volsam.load_checkpoint(path)
+    assert model.config == volsam.registry.model_config("sam_med3d_mini")
+    assert _same(model, mini_sd)
+    assert _same(volsam.build_model("sam_med3d_mini", checkpoint=path), mini_sd)
+
+
+def test_safetensors_round_trip(tmp_path, mini_sd):
+    model = volsam.build_model("sam_med3d_mini")
+    model.load_state_dict(mini_sd)
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    assert _same(volsam.load_checkpoint(path), mini_sd)
+
+
+def test_saved_layout_is_official(tmp_path, mini_sd):
+    model = volsam.build_model("sam_med3d_mini")
+    model.load_state_dict(mini_sd)
+    path = save_checkpoint(model, tmp_path / "out.pth", epoch=2)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model_state_dict", "epoch"} and raw["epoch"] == 2
+    assert list(raw["model_state_dict"]) == list(mini_sd)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pth"]  # no temporary file left
+
+
+def test_encoder_only_student_needs_and_uses_decoder_checkpoint(tmp_path, mini_sd):
+    enc = {k[len("image_encoder.") :]: v for k, v in mini_sd.items() if k.startswith("image_encoder.")}
+    enc_path, full_path = tmp_path / "student.pth", tmp_path / "full.pth"
+    torch.save(enc, enc_path)
+    torch.save({"model_state_dict": mini_sd}, full_path)
+    with pytest.raises(CheckpointError, match="image encoder only.*decoder_checkpoint"):
+        volsam.build_model("sam_med3d_mini", checkpoint=enc_path)
+    model = volsam.build_model("sam_med3d_mini", checkpoint=enc_path, decoder_checkpoint=full_path)
+    assert _same(model, mini_sd)
+    assert _same(volsam.load_checkpoint(enc_path, decoder_checkpoint=full_path), mini_sd)
+
+
+def test_other_architecture_is_named(tmp_path, load_fixture):
+    path = tmp_path / "fast.pth"
+    torch.save({"model_state_dict": load_fixture("fastsam3d_mini")["state_dict"]}, path)
+    with pytest.raises(CheckpointError, match="fits registered model fastsam3d_mini") as e:
+        volsam.build_model("sam_med3d_mini", checkpoint=path)
+    assert "\n" not in str(e.value)
+    assert "missing" in str(e.value) and "image_encoder.blocks.0.attn" in str(e.value)
+
+
+def test_partial_checkpoint_is_an_error_not_a_partial_load(tmp_path, mini_sd):
+    sd = dict(mini_sd)
+    sd.pop("mask_decoder.iou_token.weight")
+    sd["image_encoder.extra"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="missing 1: mask_decoder.iou_token.weight.*unexpected 1"):
+        volsam.build_model("sam_med3d_mini", checkpoint=path)
+    with pytest.raises(CheckpointError, match="fits no registered model"):
+        volsam.load_checkpoint(path)
+
+
+def test_shape_mismatch_reported(tmp_path, mini_sd):
+    sd = dict(mini_sd)
+    sd["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+    path = tmp_path / "shape.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"shape mismatch 1: mask_decoder.iou_token.weight \(1, 7\)"):
+        volsam.build_model("sam_med3d_mini", checkpoint=path)
+
+
+def test_pickled_namespace_needs_explicit_trust(tmp_path, mini_sd):
+    path = tmp_path / "old.pth"
+    torch.save({"args": argparse.Namespace(lr=1e-4), "model_state_dict": mini_sd}, path)
+    with pytest.raises(CheckpointError, match="full unpickling.*trust_checkpoint=True"):
+        volsam.load_checkpoint(path)
+    assert _same(volsam.load_checkpoint(path, trust_checkpoint=True), mini_sd)
+
+
+def test_corrupt_and_truncated_files(tmp_path, mini_sd):
+    good = tmp_path / "good.pth"
+    torch.save(mini_sd, good)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(good.read_bytes()[:5000])
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint at all")
+    for p in (trunc, junk):
+        with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
+            read_state_dict(p)
+        assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "missing.pth")

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import volsam
+from volsam.registry import key_shapes
+
+MANIFESTS = {
+    "sam_med3d": "sam_med3d_full",
+    "fastsam3d": "fastsam3d_full",
+    "sam_med3d_mini": "sam_med3d_mini",
+    "fastsam3d_mini": "fastsam3d_mini",
+}
+
+
+def test_registry_lists_required_variants():
+    assert set(MANIFESTS) | {volsam.DEFAULT_MODEL} <= set(volsam.list_models())
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_state_dict_keys_and_shapes_equal_manifest(name, manifest):
+    want = [(k, tuple(s)) for k, s in manifest(MANIFESTS[name])["keys"]]
+    assert list(key_shapes(name).items()) == want
+
+
+def test_full_sam_med3d_parameter_count(manifest):
+    total = sum(torch.Size(s).numel() for _, s in manifest("sam_med3d_full")["keys"])
+    assert total == 100_509_616
+    assert sum(torch.Size(s).numel() for s in key_shapes("sam_med3d").values()) == total
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="expected one of .*sam_med3d"):
+        volsam.build_model("sam_med4d")
+
+
+@pytest.mark.parametrize("name", ["sam_med3d_mini", "fastsam3d_mini", "volsam_small"])
+def test_forward_shapes_and_trainable(name):
+    model = volsam.build_model(name).train()
+    x = torch.randn(1, 1, 128, 128, 128)
+    coords = torch.tensor([[[64.0, 60.0, 70.0]]])
+    labels = torch.ones(1, 1, dtype=torch.long)
+    logits, iou = model(x, coords, labels)
+    assert logits.shape == (1, 1, 32, 32, 32) and iou.shape == (1, 1)
+    logits.mean().backward()
+    assert model.image_encoder.patch_embed.proj.weight.grad is not None
+    assert model.upsample_logits(logits).shape == (1, 1, 128, 128, 128)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.randn(1, 128, 128, 128),
+        torch.randn(1, 2, 128, 128, 128),
+        torch.randn(1, 1, 128, 128, 120),
+        torch.zeros(1, 1, 128, 128, 128, dtype=torch.int32),
+        torch.randn(1, 1, 120, 120, 120),
+    ],
+)
+def test_bad_image_input_names_expected_shape(bad):
+    model = volsam.build_model("fastsam3d_mini")
+    with pytest.raises(ValueError, match=r"\[B, 1, 128, 128, 128\]"):
+        model.image_encoder(bad)
+
+
+def test_bad_points_and_mask_prompt():
+    pe = volsam.build_model("fastsam3d_mini").prompt_encoder
+    with pytest.raises(ValueError, match=r"coords \[B, N, 3\]"):
+        pe(points=(torch.zeros(1, 2), torch.ones(1, 2)))
+    with pytest.raises(ValueError, match=r"\[B, 1, 32, 32, 32\]"):
+        pe(points=(torch.zeros(1, 1, 3), torch.ones(1, 1)), masks=torch.zeros(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match="no box embedding"):
+        pe(points=None, boxes=torch.zeros(1, 6))
+
+
+def test_larger_input_interpolates_positions():
+    """Inputs larger than 128^3 run (windowed blocks split into several windows)."""
+    model = volsam.build_model("sam_med3d_mini")
+    with torch.no_grad():
+        out = model.image_encoder(torch.randn(1, 1, 256, 256, 256))
+    assert out.shape == (1, 96, 16, 16, 16) and torch.isfinite(out).all()
