@@ -58,7 +58,7 @@ def test_encoder_only_student_needs_and_uses_decoder_checkpoint(tmp_path, mini_s
     enc_path, full_path = tmp_path / "student.pth", tmp_path / "full.pth"
     torch.save(enc, enc_path)
     torch.save({"model_state_dict": mini_sd}, full_path)
-    with pytest.raises(CheckpointError, match="image encoder only.*decoder_checkpoint"):
+    with pytest.raises(CheckpointError, match=r"image encoder only.*decoder_checkpoint"):
         volsam.build_model("sam_med3d_mini", checkpoint=enc_path)
     model = volsam.build_model("sam_med3d_mini", checkpoint=enc_path, decoder_checkpoint=full_path)
     assert _same(model, mini_sd)
@@ -80,7 +80,7 @@ def test_partial_checkpoint_is_an_error_not_a_partial_load(tmp_path, mini_sd):
     sd["image_encoder.extra"] = torch.zeros(1)
     path = tmp_path / "broken.pth"
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match="missing 1: mask_decoder.iou_token.weight.*unexpected 1"):
+    with pytest.raises(CheckpointError, match=r"missing 1: mask_decoder.iou_token.weight.*unexpected 1"):
         volsam.build_model("sam_med3d_mini", checkpoint=path)
     with pytest.raises(CheckpointError, match="fits no registered model"):
         volsam.load_checkpoint(path)
@@ -98,7 +98,7 @@ def test_shape_mismatch_reported(tmp_path, mini_sd):
 def test_pickled_namespace_needs_explicit_trust(tmp_path, mini_sd):
     path = tmp_path / "old.pth"
     torch.save({"args": argparse.Namespace(lr=1e-4), "model_state_dict": mini_sd}, path)
-    with pytest.raises(CheckpointError, match="full unpickling.*trust_checkpoint=True"):
+    with pytest.raises(CheckpointError, match=r"full unpickling.*trust_checkpoint=True"):
         volsam.load_checkpoint(path)
     assert _same(volsam.load_checkpoint(path, trust_checkpoint=True), mini_sd)
 

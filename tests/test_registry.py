@@ -31,7 +31,7 @@ def test_full_sam_med3d_parameter_count(manifest):
 
 
 def test_unknown_model_names_the_choices():
-    with pytest.raises(ValueError, match="expected one of .*sam_med3d"):
+    with pytest.raises(ValueError, match=r"expected one of .*sam_med3d"):
         volsam.build_model("sam_med4d")
 
 

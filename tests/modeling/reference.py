@@ -49,7 +49,7 @@ def fixture_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor
 
 def _attention(sd: dict, p: str, x: torch.Tensor, heads: int) -> torch.Tensor:
     """Official global attention on a cubic grid x [B, S, S, S, C]."""
-    b, d, h, w, c = x.shape
+    b, d, h, w, _ = x.shape
     qkv = F.linear(x, sd[p + "qkv.weight"], sd[p + "qkv.bias"]).reshape(b, d * h * w, 3, heads, -1)
     qkv = qkv.permute(2, 0, 3, 1, 4)
     q, k, v = qkv.reshape(3, b * heads, d * h * w, -1).unbind(0)

@@ -55,7 +55,10 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe [B, C, G, G, G]; point_embedding [B, T, C] -> tokens [B, T, C], image [B, G^3, C]."""
+        """image_embedding, image_pe [B, C, G, G, G]; point_embedding [B, T, C].
+
+        Returns tokens [B, T, C] and image features [B, G^3, C].
+        """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
