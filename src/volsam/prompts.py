@@ -142,9 +142,7 @@ def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(lo), np.array(hi)
 
 
-def _padded_crop(
-    mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _padded_crop(mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """``mask[lo - margin : hi + margin]`` zero-padded where it leaves the array; returns (crop, origin)."""
     origin = lo - margin
     end = hi + margin
@@ -402,7 +400,5 @@ def simulate_click(
     try:
         fn = _PROTOCOLS[protocol]
     except KeyError:
-        raise ValueError(
-            f"unknown click protocol {protocol!r}; valid: {', '.join(CLICK_PROTOCOLS)}"
-        ) from None
+        raise ValueError(f"unknown click protocol {protocol!r}; valid: {', '.join(CLICK_PROTOCOLS)}") from None
     return fn(pred, gt, rng, spacing)

@@ -289,9 +289,7 @@ def _split_ext(path: Path) -> tuple[str, str]:
 
 def _volume_files(folder: Path, ending: str | None = None) -> list[Path]:
     exts = (ending,) if ending else _EXTENSIONS
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.name.endswith(exts) and not p.name.startswith(".")
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(exts) and not p.name.startswith("."))
 
 
 def _find_image(folder: Path, stem: str, ext: str, channel_suffix: bool) -> Path:
@@ -430,8 +428,7 @@ def load_dataset(spec: str | Path, labels: Sequence[str | int] | None = None) ->
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"dataset {str(spec)!r}: no such file or folder, "
-            f"and not a built-in name ({', '.join(BUILTIN_DATASETS)})"
+            f"dataset {str(spec)!r}: no such file or folder, and not a built-in name ({', '.join(BUILTIN_DATASETS)})"
         )
     if path.is_file():
         if path.suffix.lower() != ".csv":

@@ -163,9 +163,7 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     if not p.any() or not g.any():
         return math.inf
     with _quiet_monai():
-        out = compute_hausdorff_distance(
-            _tensor(p), _tensor(g), include_background=True, percentile=95, spacing=sp
-        )
+        out = compute_hausdorff_distance(_tensor(p), _tensor(g), include_background=True, percentile=95, spacing=sp)
     return float(out.item())
 
 
