@@ -333,7 +333,7 @@ class Session:
     def _border_touches(self, ws: _WindowState) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each window face the mask touches (inside the volume): the next window's centre and a seed
         voxel (volume indices) on the mask inside the overlap."""
-        m, s, half = ws.mask, self.size, self.size // 2
+        m, s = ws.mask, self.size
         out = []
         shape = np.asarray(self.volume.shape)
         for axis in range(3):
@@ -342,7 +342,7 @@ class Session:
                 if not face.any():
                     continue
                 uv = np.argwhere(face).mean(0)
-                centre_w = np.insert(uv, axis, idx + (half if side else -half))
+                centre_w = np.insert(uv, axis, float(idx))  # on the face: the windows overlap by half
                 centre_v = window_to_voxel(centre_w, self.volume.affine, ws.window)
                 # Stay where there is image: a window centred outside the volume sees only padding.
                 if np.any(centre_v < -0.5) or np.any(centre_v > shape - 0.5):
