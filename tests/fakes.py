@@ -25,7 +25,7 @@ class ThresholdModel(Sam3D):
         super().__init__(_IdentityEncoder(), base.prompt_encoder, base.mask_decoder, base.config)
         self.calls: list[dict] = []
 
-    def decode(self, image_embeddings, coords, labels, mask_input=None, multimask_output=False):  # noqa: ANN001
+    def decode(self, image_embeddings, coords, labels, mask_input=None, multimask_output=False):
         self.calls.append({"coords": coords.clone(), "labels": labels.clone(), "mask_input": mask_input.clone()})
         logits = 10.0 * (image_embeddings - 1.0)
         return logits, torch.ones(logits.shape[0], 1)

@@ -91,7 +91,7 @@ def test_target_longer_than_window_grows_windows():
 
 def test_undo_reset_and_objects_policy():
     affine = _affine("anisotropic")
-    img, truth, c = _scene(affine)
+    img, _, c = _scene(affine)
     s = Session(ThresholdModel())
     s.set_image(img, affine)
     m1 = s.add_click(tuple(np.round(c)))
@@ -120,7 +120,7 @@ def test_undo_reset_and_objects_policy():
 
 def test_box_restricts_the_result():
     affine = _affine("anisotropic")
-    img, truth, c = _scene(affine)
+    img, _, c = _scene(affine)
     s = Session(ThresholdModel(), box_margin_mm=0.0)
     s.set_image(img, affine)
     lo, hi = np.round(c) - 4, np.round(c) + 4
