@@ -33,6 +33,9 @@ class ThresholdModel(Sam3D):
     def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:
         return low_res  # already full resolution
 
+    def upsample_mask(self, low_res: torch.Tensor) -> torch.Tensor:
+        return low_res[0, 0] > 0
+
     @property
     def img_size(self) -> int:
         return 128

@@ -307,7 +307,7 @@ class Session:
         with torch.inference_mode():
             low, _ = self.model.decode(emb, coords, labels, prev)
             ws.logits = low
-            ws.mask = (self.model.upsample_logits(low)[0, 0] > 0).cpu().numpy()
+            ws.mask = self.model.upsample_mask(low).cpu().numpy()
         self.timings.decode_ms += (time.perf_counter() - t0) * 1e3
 
     def _grow(self, obj: _ObjectState) -> None:

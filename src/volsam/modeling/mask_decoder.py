@@ -7,7 +7,7 @@ from torch import nn
 
 from volsam.config import MaskDecoderConfig
 from volsam.modeling.attention import DecoderAttention
-from volsam.modeling.common import MLP, LayerNorm3d, MLPBlock
+from volsam.modeling.common import MLP, LayerNorm3d, MLPBlock, PatchConvTranspose3d
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -81,10 +81,10 @@ class MaskDecoder3D(nn.Module):
         self.iou_token = nn.Embedding(1, d)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(d, d // 4, kernel_size=2, stride=2),
+            PatchConvTranspose3d(d, d // 4, kernel_size=2, stride=2),
             LayerNorm3d(d // 4),
             nn.GELU(),
-            nn.ConvTranspose3d(d // 4, d // 8, kernel_size=2, stride=2),
+            PatchConvTranspose3d(d // 4, d // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(MLP(d, d, d // 8, 3) for _ in range(self.num_mask_tokens))
@@ -126,8 +126,27 @@ class MaskDecoder3D(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        up = self.output_upscaling(src.transpose(1, 2).reshape(b, c, x, y, z))
-        hyper = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        _, cu, ux, uy, uz = up.shape
-        masks = (hyper @ up.reshape(b, cu, ux * uy * uz)).reshape(b, -1, ux, uy, uz)
+        hyper = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # [B, M, C/8]
+        masks = self._upscale_and_project(src.transpose(1, 2).reshape(b, c, x, y, z), hyper)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def _upscale_and_project(self, src: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """``hyper @ output_upscaling(src)`` without materialising the last upscaled map in voxel order.
+
+        The last transposed convolution paints a k^3 block per input voxel and is followed only by an
+        elementwise GELU and a contraction over channels, so the contraction runs per block and just the
+        M mask channels are shuffled into place. src [B, C, G, G, G], hyper [B, M, C/8] -> [B, M, 4G, 4G, 4G].
+        """
+        up1 = self.output_upscaling[2](self.output_upscaling[1](self.output_upscaling[0](src)))
+        conv = self.output_upscaling[3]
+        b, c, d, h, w = up1.shape
+        k = conv.kernel_size[0]
+        o = conv.out_channels
+        y = up1.permute(0, 2, 3, 4, 1) @ conv.weight.reshape(c, o * k**3)  # [B, D, H, W, O*k^3]
+        y = y.reshape(b, d, h, w, o, k**3) + conv.bias.view(1, 1, 1, 1, o, 1)
+        y = self.output_upscaling[4](y)
+        m = torch.einsum("bdhwok,bmo->bmdhwk", y, hyper)
+        m = m.reshape(b, -1, d, h, w, k, k, k).permute(0, 1, 2, 5, 3, 6, 4, 7)
+        return m.reshape(b, -1, d * k, h * k, w * k)
