@@ -49,7 +49,7 @@ def main() -> None:
     """Print the median paste_back (and extract_window) time per geometry."""
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((128, 128, 128)).astype(np.float32)
-    image = rng.random(SHAPE, dtype=np.float32)
+    image = np.asfortranarray(rng.random(SHAPE, dtype=np.float32))  # read_image returns F-order arrays
     for name, affine in CASES.items():
         window = window_for_point(affine, np.array(SHAPE) / 2 + 10)
         paste = _median_ms(lambda w=window, a=affine: paste_back(logits, w, SHAPE, a))

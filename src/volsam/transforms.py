@@ -165,7 +165,7 @@ class Window:
         return _as_points(points) * self.spacing + self.origin_world
 
     def contains(self, points_window: ArrayLike) -> NDArray[np.bool_]:
-        """Whether window coordinates (..., 3) round to a voxel of the window, i.e. lie in ``[-0.5, size - 0.5)``.
+        """Whether window coordinates (..., 3) round to a window voxel, i.e. lie in ``[-0.5, size - 0.5)``.
 
         Returns a bool array of shape (...).
         """
@@ -173,9 +173,7 @@ class Window:
         return np.all((p >= -0.5) & (p < self.size - 0.5), axis=-1)
 
 
-def window_for_point(
-    volume_affine: ArrayLike, voxel_point: ArrayLike, size: int = 128, spacing: float = 1.5
-) -> Window:
+def window_for_point(volume_affine: ArrayLike, voxel_point: ArrayLike, size: int = 128, spacing: float = 1.5) -> Window:
     """The window centred on a volume voxel point (3,) (float indices allowed)."""
     p = _as_points(voxel_point).reshape(-1)
     if p.shape != (3,):
@@ -272,20 +270,27 @@ def _extract_separable(
         weights.append(w1)
         valid.append(ok)
     res: NDArray[Any] = arr[tuple(crop)]
-    # Shrink the largest axis first: each step costs about the size of its output.
-    for c in np.argsort([-res.shape[0], -res.shape[1], -res.shape[2]], kind="stable"):
+    # Work on a C-ordered view (transpose Fortran-ordered input, as nibabel returns) and resample the
+    # memory-slowest axis first, so the gathers copy whole contiguous rows or planes.
+    flip = abs(res.strides[0]) < abs(res.strides[2])
+    if flip:
+        res = res.T
+    for ax in range(3):
+        c = 2 - ax if flip else ax
+        pre = (slice(None),) * ax
         w1 = weights[c]
-        pre = (slice(None),) * int(c)
         if w1 is None:
             res = res[(*pre, lo_idx[c])]
             continue
         bshape = [1, 1, 1]
-        bshape[c] = n
+        bshape[ax] = n
         a = res[(*pre, lo_idx[c])].astype(np.float32, copy=False)
         b = res[(*pre, hi_idx[c])].astype(np.float32, copy=False)
         b -= a
         b *= w1.reshape(bshape)
         res = a + b
+    if flip:
+        res = res.T
     out = np.ascontiguousarray(np.transpose(res, np.argsort(cols)), dtype=np.float32)
     if not all(v.all() for v in valid):
         vw = [valid[c] for c in np.argsort(cols)]
@@ -294,9 +299,7 @@ def _extract_separable(
     return out
 
 
-def _extract_general(
-    arr: NDArray[Any], m: FloatArray, n: int, order: int, cval: float
-) -> NDArray[np.float32]:
+def _extract_general(arr: NDArray[Any], m: FloatArray, n: int, order: int, cval: float) -> NDArray[np.float32]:
     """Resampling with scipy for oblique geometry (or spline orders > 1)."""
     corners = np.array(np.meshgrid([0, n - 1], [0, n - 1], [0, n - 1], indexing="ij")).reshape(3, -1).T
     pos = apply_affine(m, corners)
@@ -311,10 +314,16 @@ def _extract_general(
         # Points beyond the crop but inside the volume cannot occur; points beyond the volume stay outside.
     else:
         offset = m[:3, 3]
+    # Traverse the output so that its fastest axis follows the input's fastest memory axis (and so on):
+    # scipy walks the output in C order, and matching the input's layout keeps reads cache-friendly.
+    q: list[int] = []
+    for c in np.argsort([-abs(st) for st in arr.strides], kind="stable"):
+        free = [r for r in range(3) if r not in q]
+        q.append(free[int(np.argmax(np.abs(m[c, free])))])
     out = np.empty((n, n, n), dtype=np.float32)
     ndi.affine_transform(
         arr,
-        m[:3, :3],
+        m[:3, q],
         offset=offset,
         output_shape=(n, n, n),
         output=out,
@@ -322,7 +331,7 @@ def _extract_general(
         mode="constant",
         cval=cval,
     )
-    return out
+    return np.ascontiguousarray(out.transpose(np.argsort(q)))
 
 
 def normalize_window(x: ArrayLike, clip: tuple[float, float] | None = None) -> NDArray[np.float32]:
@@ -426,16 +435,15 @@ def paste_back(
     return out
 
 
-def _paste_separable(
-    wm: NDArray[np.uint8], m: FloatArray, rows: NDArray[np.intp], out: NDArray[np.uint8]
-) -> None:
+def _paste_separable(wm: NDArray[np.uint8], m: FloatArray, rows: NDArray[np.intp], out: NDArray[np.uint8]) -> None:
     """Window axis ``r`` depends only on volume axis ``rows[r]``: three 1-D index maps and one gather."""
     n = wm.shape[0]
     idx: list[NDArray[np.intp]] = [np.empty(0, np.intp)] * 3
     box: list[slice] = [slice(0, 0)] * 3
     for r in range(3):
         c = int(rows[r])
-        w = np.floor(m[r, c] * np.arange(out.shape[c], dtype=np.float64) + m[r, 3] + 0.5).astype(np.intp)
+        v = np.arange(out.shape[c], dtype=np.float64)
+        w = np.floor(m[r, c] * v + (m[r, 3] + 0.5)).astype(np.intp)
         ok = (w >= 0) & (w < n)
         if not ok.any():
             return
@@ -452,7 +460,7 @@ def _paste_separable(
 
 
 def _paste_general(wm: NDArray[np.uint8], m: FloatArray, out: NDArray[np.uint8]) -> None:
-    """Oblique case: per-voxel rounding of window coordinates over the footprint, in slabs."""
+    """Oblique case: round each footprint voxel's window coordinates, in slabs along volume axis 0."""
     n = wm.shape[0]
     minv = np.linalg.inv(m)  # window voxel -> volume voxel
     e = [-0.5, n - 0.5]
@@ -462,19 +470,36 @@ def _paste_general(wm: NDArray[np.uint8], m: FloatArray, out: NDArray[np.uint8])
     hi = np.clip(np.floor(pos.max(axis=0) + _EPS).astype(np.int64) + 1, lo, out.shape)
     if np.any(hi <= lo):
         return
-    j = np.arange(lo[1], hi[1], dtype=np.float64)[None, :, None]
-    k = np.arange(lo[2], hi[2], dtype=np.float64)[None, None, :]
-    slab = max(1, _CHUNK_VOXELS // int((hi[1] - lo[1]) * (hi[2] - lo[2])))
+    j = np.arange(lo[1], hi[1], dtype=np.float64)
+    k = np.arange(lo[2], hi[2], dtype=np.float64)
+    flat_wm = wm.reshape(-1)
+    plane = int((hi[1] - lo[1]) * (hi[2] - lo[2]))
+    slab = max(1, _CHUNK_VOXELS // plane)
+    bshape = (min(slab, int(hi[0] - lo[0])), int(hi[1] - lo[1]), int(hi[2] - lo[2]))
+    buf = np.empty(bshape, np.float64)
+    flat = np.empty(bshape, np.int64)
+    w = np.empty(bshape, np.int64)
+    inside = np.empty(bshape, np.bool_)
+    ok = np.empty(bshape, np.bool_)
     for i0 in range(int(lo[0]), int(hi[0]), slab):
         i1 = min(i0 + slab, int(hi[0]))
-        i = np.arange(i0, i1, dtype=np.float64)[:, None, None]
-        coords = []
-        inside: NDArray[np.bool_] | None = None
+        s = slice(0, i1 - i0)
+        i = np.arange(i0, i1, dtype=np.float64)
         for r in range(3):
-            w = np.floor(m[r, 0] * i + m[r, 1] * j + m[r, 2] * k + (m[r, 3] + 0.5)).astype(np.intp)
-            ok = (w >= 0) & (w < n)
-            inside = ok if inside is None else inside & ok
-            coords.append(w)
-        assert inside is not None
+            # Same arithmetic as the separable path, so both round ties identically.
+            ij = m[r, 0] * i[:, None] + m[r, 1] * j[None, :] + (m[r, 3] + 0.5)
+            np.add(ij[:, :, None], (m[r, 2] * k)[None, None, :], out=buf[s])
+            np.floor(buf[s], out=buf[s])
+            tgt = flat if r == 0 else w
+            np.copyto(tgt[s], buf[s], casting="unsafe")
+            # Negative indices wrap to huge unsigned values, so one comparison checks both bounds.
+            np.less(tgt[s].view(np.uint64), n, out=inside[s] if r == 0 else ok[s])
+            if r:
+                inside[s] &= ok[s]
+                flat[s] *= n
+                flat[s] += w[s]
+        if not inside[s].any():
+            continue
+        flat[s] *= inside[s]  # outside -> index 0, masked below
         region = out[i0:i1, lo[1] : hi[1], lo[2] : hi[2]]
-        region[inside] = wm[coords[0][inside], coords[1][inside], coords[2][inside]]
+        np.copyto(region, flat_wm.take(flat[s]), where=inside[s])

@@ -1,0 +1,496 @@
+"""Reading and writing image files; the only module of volsam that touches image files.
+
+Arrays and affines follow the coordinate convention of :mod:`volsam.transforms`: arrays in file voxel
+order (X, Y, Z), affines voxel -> world mm RAS+. Supported inputs: NIfTI (``.nii``, ``.nii.gz``) via
+nibabel; NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``) via SimpleITK; a DICOM series
+as a directory (or one of its files) via SimpleITK's ``ImageSeriesReader``. Masks are written as label
+maps on exactly the reference grid in the format named by the output extension, or as DICOM-SEG
+(``.dcm``, via highdicom) for a DICOM reference. ITK/DICOM world coordinates are LPS; they are converted
+to and from RAS+ here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import DTypeLike, NDArray
+
+__all__ = [
+    "FORMATS",
+    "ImageReadError",
+    "Volume",
+    "default_output_path",
+    "image_info",
+    "read_image",
+    "volume_from_array",
+    "write_mask",
+]
+
+#: Values of :attr:`Volume.format`.
+FORMATS = ("nifti", "nrrd", "mha", "mhd", "dicom", "array")
+
+_EXPECTED = "expected a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file or a DICOM series directory"
+# RAS <-> LPS: negate world x and y (its own inverse).
+_FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable, corrupt or not a 3D scalar image (one-line message)."""
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(repr=False)
+class Volume:
+    """A 3D image: ``array`` (X, Y, Z) in file voxel order and ``affine`` (4x4 voxel -> mm RAS+).
+
+    ``path`` is the source file or DICOM directory (None for in-memory arrays), ``format`` one of
+    :data:`FORMATS`, ``meta`` format details (DICOM: ``dicom_files`` in slice order k,
+    ``series_instance_uid``, ``series_ids``, ``directory``; NIfTI: ``qform_code``, ``sform_code``).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    format: str = "array"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"expected a 3D array, got shape {self.array.shape}")
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise ValueError(f"expected a finite 4x4 affine, got shape {aff.shape}")
+        self.affine = aff
+        if self.path is not None:
+            self.path = Path(self.path)
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; expected one of {FORMATS}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (X, Y, Z) in voxels."""
+        s = self.array.shape
+        return (int(s[0]), int(s[1]), int(s[2]))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along each array axis in mm (column norms of the affine)."""
+        s = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        """Direction each array axis increases towards, e.g. ('R', 'A', 'S') or ('L', 'P', 'S')."""
+        codes = nib.aff2axcodes(self.affine)
+        return (str(codes[0]), str(codes[1]), str(codes[2]))
+
+    def __repr__(self) -> str:
+        sp = "x".join(f"{s:g}" for s in self.spacing)
+        return (
+            f"Volume(shape={self.shape}, spacing={sp} mm, orientation={''.join(self.orientation)}, "
+            f"dtype={self.array.dtype}, format={self.format!r}, path={str(self.path) if self.path else None!r})"
+        )
+
+
+def volume_from_array(array: np.ndarray, affine: np.ndarray | None = None) -> Volume:
+    """Wrap an in-memory (X, Y, Z) array; ``affine`` None means identity (1 mm voxels, RAS)."""
+    arr = np.asarray(array)
+    return Volume(arr, np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64), None, "array")
+
+
+def _format_of(path: Path) -> str | None:
+    """Input format from the path: a directory or ``.dcm`` is DICOM, else by extension."""
+    if path.is_dir():
+        return "dicom"
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith(".mha"):
+        return "mha"
+    if name.endswith(".mhd"):
+        return "mhd"
+    if name.endswith(".dcm"):
+        return "dicom"
+    return None
+
+
+def read_image(path: str | os.PathLike[str], dtype: DTypeLike | None = np.float32) -> Volume:
+    """Read a 3D scalar image (NIfTI, NRRD, MHA/MHD, or a DICOM series directory) into a :class:`Volume`.
+
+    The array keeps file voxel order (X, Y, Z) and is cast to ``dtype`` (None keeps the stored type
+    after intensity scaling, e.g. for label maps). Trailing singleton dimensions (X, Y, Z, 1) are dropped.
+    A ``.dcm`` file selects the series it belongs to in its directory; a directory holding several series
+    gives the first one GDCM lists (all are named in ``meta["series_ids"]``).
+    Raises :class:`ImageReadError` for a missing, unsupported, corrupt, non-3D or vector-valued image.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ImageReadError(f"no such file or directory: {p} ({_EXPECTED})")
+    fmt = _format_of(p)
+    if fmt is None:
+        raise ImageReadError(f"unsupported image type: {p} ({_EXPECTED})")
+    try:
+        if fmt == "nifti":
+            return _read_nifti(p, dtype)
+        if fmt == "dicom":
+            return _read_dicom(p, dtype)
+        return _read_itk(p, fmt, dtype)
+    except ImageReadError:
+        raise
+    except Exception as err:  # the libraries raise many types for corrupt files
+        raise ImageReadError(f"cannot read {fmt} image {p}: {_one_line(err)}") from err
+
+
+def _cast(data: np.ndarray, dtype: DTypeLike | None) -> np.ndarray:
+    return data if dtype is None else data.astype(dtype, copy=False)
+
+
+def _read_nifti(p: Path, dtype: DTypeLike | None) -> Volume:
+    img = nib.load(p, mmap=False)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageReadError(f"expected a NIfTI image, got {type(img).__name__} in {p}")
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ImageReadError(f"expected a 3D image, got shape {tuple(img.shape)} in {p}")
+    if img.get_data_dtype().fields is not None:
+        raise ImageReadError(f"expected a scalar image, got vector voxels ({img.get_data_dtype()}) in {p}")
+    if dtype is not None and np.dtype(dtype) in (np.float32, np.float64):
+        data = img.get_fdata(dtype=np.dtype(dtype))
+    else:
+        data = _cast(np.asanyarray(img.dataobj), dtype)
+    meta = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
+    return Volume(np.asarray(data).reshape(shape, order="A"), img.affine, p, "nifti", meta)
+
+
+def _sitk_affine(img: sitk.Image) -> np.ndarray:
+    """RAS+ voxel -> mm affine of a 3D SimpleITK image (whose geometry is LPS)."""
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing(), dtype=np.float64)
+    lps[:3, 3] = img.GetOrigin()
+    return _FLIP_XY @ lps
+
+
+def _sitk_array(img: sitk.Image, dtype: DTypeLike | None) -> np.ndarray:
+    """(X, Y, Z) copy of a SimpleITK image's voxels (Fortran-contiguous, like nibabel's arrays)."""
+    view = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
+    return np.array(view, dtype=view.dtype if dtype is None else dtype, order="K", copy=True)
+
+
+def _read_itk(p: Path, fmt: str, dtype: DTypeLike | None) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    reader.ReadImageInformation()
+    size = tuple(int(s) for s in reader.GetSize())
+    if reader.GetNumberOfComponents() != 1:
+        raise ImageReadError(
+            f"expected a scalar image, got {reader.GetNumberOfComponents()} components per voxel in {p}"
+        )
+    if len(size) > 3 and all(s == 1 for s in size[3:]):
+        reader.SetExtractIndex([0] * len(size))
+        reader.SetExtractSize([*size[:3]] + [0] * (len(size) - 3))
+    elif len(size) != 3:
+        raise ImageReadError(f"expected a 3D image, got shape {size} in {p}")
+    img = reader.Execute()
+    return Volume(_sitk_array(img, dtype), _sitk_affine(img), p, fmt, {})
+
+
+def _read_dicom(p: Path, dtype: DTypeLike | None) -> Volume:
+    directory = p if p.is_dir() else p.parent
+    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)))
+    if not ids:
+        raise ImageReadError(f"no DICOM series found in {directory} ({_EXPECTED})")
+    series = {sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), sid)) for sid in ids}
+    if p.is_dir():
+        sid = ids[0]
+    else:
+        target = p.resolve()
+        found = [s for s, files in series.items() if any(Path(f).resolve() == target for f in files)]
+        if not found:
+            raise ImageReadError(f"expected a DICOM image of a series, found none for {p}")
+        sid = found[0]
+    files = series[sid]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    img = reader.Execute()
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel in {p}"
+        )
+    if img.GetDimension() == 2:
+        img = sitk.JoinSeries([img])
+    if img.GetDimension() != 3:
+        raise ImageReadError(f"expected a 3D image, got shape {img.GetSize()} in {p}")
+    meta = {
+        "dicom_files": [str(f) for f in files],
+        "series_instance_uid": sid,
+        "series_ids": ids,
+        "directory": str(directory),
+    }
+    return Volume(_sitk_array(img, dtype), _sitk_affine(img), p, "dicom", meta)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+_OUTPUT_EXTENSIONS = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd"}
+_OUTPUT_EXTENSIONS.update({".mha": "mha", ".mhd": "mhd", ".dcm": "dicom-seg"})
+
+
+def _output_format(path: Path) -> str:
+    name = path.name.lower()
+    for ext in sorted(_OUTPUT_EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext) and len(name) > len(ext):
+            return _OUTPUT_EXTENSIONS[ext]
+    raise ValueError(f"cannot tell the output format of {path}: use .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd or .dcm")
+
+
+def _label_array(mask: np.ndarray, shape: tuple[int, int, int]) -> NDArray[np.unsignedinteger]:
+    """Validate a label map and return it as uint8, or uint16 when a label exceeds 255."""
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ValueError(f"mask shape {m.shape} differs from the reference image shape {shape}")
+    if m.dtype == np.bool_:
+        return m.astype(np.uint8)
+    if m.size == 0:
+        return m.astype(np.uint8)
+    if np.issubdtype(m.dtype, np.floating):
+        if not np.all(np.isfinite(m)) or not np.array_equal(m, np.round(m)):
+            raise ValueError("mask must hold integer labels, got non-integer values")
+    elif not np.issubdtype(m.dtype, np.integer):
+        raise ValueError(f"mask must hold integer labels, got dtype {m.dtype}")
+    lo, hi = m.min(), m.max()
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"mask labels must lie in 0..65535, got {lo}..{hi}")
+    return m.astype(np.uint8 if hi <= 255 else np.uint16)
+
+
+def _check_target(target: Path, reference: Volume) -> None:
+    """Refuse to write onto the reference's file or into its DICOM directory."""
+    resolved = target.resolve()
+    if reference.path is not None and resolved == reference.path.resolve():
+        raise ValueError(f"refusing to overwrite the input image {reference.path}")
+    if reference.format == "dicom":
+        directory = Path(reference.meta.get("directory", reference.path or "")).resolve()
+        if resolved == directory or directory in resolved.parents:
+            raise ValueError(f"refusing to write inside the DICOM input directory {directory}")
+    if resolved.is_dir():
+        raise ValueError(f"output path {target} is a directory; give a file name")
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[Path]:
+    """Yield a path with ``target``'s name inside a fresh temporary directory beside it.
+
+    On success every file written there (the header last, after detached data files such as
+    ``.raw``/``.zraw``) is moved into place with :func:`os.replace`; the temporary directory is always
+    removed, so a failure leaves any existing output untouched and no partial files behind.
+    """
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".volsam-tmp", dir=target.parent))
+    try:
+        tmp = tmpdir / target.name
+        yield tmp
+        if not tmp.is_file():
+            raise OSError(f"writer produced no file for {target}")
+        for extra in sorted(tmpdir.iterdir()):
+            if extra != tmp:
+                os.replace(extra, target.parent / extra.name)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_mask(
+    mask: np.ndarray,
+    reference: Volume,
+    path: str | os.PathLike[str],
+    *,
+    overwrite_ok: bool = True,
+) -> Path:
+    """Write a label map (X, Y, Z) on exactly ``reference``'s grid; returns the written path.
+
+    Labels are stored as uint8 (uint16 when a label exceeds 255). The format follows the extension:
+    ``.nii``/``.nii.gz`` (NIfTI, reference affine), ``.nrrd``/``.nhdr``/``.mha``/``.mhd`` (ITK, LPS
+    origin/spacing/direction from the affine), ``.dcm`` (DICOM-SEG referencing the source series, one
+    BINARY segment per label value; DICOM references only). Writes go to a temporary file beside the
+    target and are moved into place atomically. Raises ValueError for a shape mismatch, non-integer
+    labels, an unknown extension, or a path equal to the input or inside a DICOM input directory;
+    FileExistsError when the target exists and ``overwrite_ok`` is False.
+    """
+    target = Path(path).expanduser()
+    data = _label_array(mask, reference.shape)
+    _check_target(target, reference)
+    fmt = _output_format(target)
+    if fmt == "dicom-seg" and (reference.format != "dicom" or not reference.meta.get("dicom_files")):
+        raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference, got {reference.format}")
+    if not overwrite_ok and (target.exists() or target.is_symlink()):
+        raise FileExistsError(f"output exists and overwriting is off: {target}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_output(target) as tmp:
+        if fmt == "nifti":
+            _write_nifti(data, reference, tmp)
+        elif fmt == "dicom-seg":
+            _write_dicom_seg(data, reference, tmp)
+        else:
+            _write_itk(data, reference, tmp)
+    return target
+
+
+def _write_nifti(data: np.ndarray, reference: Volume, tmp: Path) -> None:
+    img = nib.Nifti1Image(data, reference.affine)
+    img.set_data_dtype(data.dtype)
+    # Keep a NIfTI reference's form codes (e.g. sform 4 = MNI); others are scanner coordinates (1).
+    codes = reference.meta if reference.format == "nifti" else {}
+    img.set_sform(reference.affine, code=int(codes.get("sform_code", 1)) or 1)
+    img.set_qform(reference.affine, code=int(codes.get("qform_code", 1)))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, tmp)
+
+
+def _write_itk(data: np.ndarray, reference: Volume, tmp: Path) -> None:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    lps = _FLIP_XY @ reference.affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(d) for d in (lps[:3, :3] / spacing).ravel()])
+    img.SetOrigin([float(o) for o in lps[:3, 3]])
+    sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("volsam")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_dicom_seg(data: np.ndarray, reference: Volume, tmp: Path) -> None:
+    """DICOM-SEG with one BINARY segment per nonzero label; frame k is source file ``dicom_files[k]``."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    files = list(reference.meta["dicom_files"])
+    if len(files) != reference.shape[2]:
+        raise ValueError(f"DICOM reference lists {len(files)} files for {reference.shape[2]} slices; cannot map frames")
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    frames = data.transpose(2, 1, 0)  # (slice k, row j, column i)
+    labels = [int(v) for v in np.unique(frames) if v != 0]
+    version = _software_version()
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="volsam", family=codes.cid7162.ArtificialIntelligence, version=version
+    )
+
+    def describe(number: int, label: str) -> hd.seg.SegmentDescription:
+        return hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=codes.cid7150.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+
+    if labels:
+        # Segment numbers must run 1..N; label value v becomes segment labels.index(v) + 1.
+        lut = np.zeros(max(labels) + 1, dtype=np.uint16)
+        lut[labels] = np.arange(1, len(labels) + 1)
+        pixels = lut[frames]
+        if len(labels) < 256:
+            pixels = pixels.astype(np.uint8)
+        descriptions = [describe(n, f"label {v}") for n, v in enumerate(labels, start=1)]
+    else:
+        pixels = np.zeros(frames.shape, dtype=np.bool_)
+        descriptions = [describe(1, "label 1")]
+    series_number = int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="volsam",
+        manufacturer_model_name="volsam",
+        software_versions=version,
+        device_serial_number="0",
+        content_label="VOLSAM",
+        content_description="volsam promptable segmentation",
+        omit_empty_frames=bool(labels),
+    )
+    seg.save_as(tmp)
+
+
+def default_output_path(reference: Volume, stem_suffix: str | None = None) -> Path:
+    """Default mask path beside the input, in the input's own format.
+
+    ``scan.nii.gz`` -> ``scan_mask.nii.gz`` (likewise ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``; ``.nhdr``
+    -> ``.nrrd``). A DICOM series directory ``dir`` -> the DICOM-SEG file ``dir_seg.dcm`` beside it (never
+    inside it). ``stem_suffix`` replaces ``_mask`` (``_seg`` for DICOM). In-memory volumes have no default.
+    """
+    if reference.path is None or reference.format == "array":
+        raise ValueError("the volume has no source path; give an output path")
+    if reference.format == "dicom":
+        directory = Path(reference.meta.get("directory", reference.path))
+        suffix = "_seg" if stem_suffix is None else stem_suffix
+        return directory.parent / f"{directory.name}{suffix}.dcm"
+    suffix = "_mask" if stem_suffix is None else stem_suffix
+    name = reference.path.name
+    ext = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "mhd": ".mhd"}[reference.format]
+    if name.lower().endswith(".nii"):
+        ext = ".nii"
+    for known in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(known):
+            name = name[: -len(known)]
+            break
+    return reference.path.parent / f"{name}{suffix}{ext}"
+
+
+def image_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary of an image: path, format, shape, spacing (mm), orientation codes, stored dtype,
+    intensity min/max/mean (finite voxels, after scaling) and the 4x4 affine (nested lists, RAS+ mm)."""
+    vol = read_image(path, dtype=None)
+    arr = vol.array
+    finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
+    stats = (
+        (float(finite.min()), float(finite.max()), float(finite.mean(dtype=np.float64)))
+        if finite.size
+        else (float("nan"),) * 3
+    )
+    info: dict[str, Any] = {
+        "path": str(vol.path),
+        "format": vol.format,
+        "shape": vol.shape,
+        "spacing": vol.spacing,
+        "orientation": vol.orientation,
+        "dtype": str(arr.dtype),
+        "min": stats[0],
+        "max": stats[1],
+        "mean": stats[2],
+        "affine": vol.affine.tolist(),
+    }
+    if vol.format == "dicom":
+        info["series_instance_uid"] = vol.meta["series_instance_uid"]
+        info["n_files"] = len(vol.meta["dicom_files"])
+    return info
