@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 BlockStyle = Literal["sam", "fastsam"]
+AttentionBackend = Literal["dense", "dilated"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class EncoderConfig:
         global_attn_indexes: blocks with global attention when ``window_size > 0``.
         mlp_only_blocks: the first N blocks have no attention (FastSAM3D's student).
         block_style: ``"sam"`` (``x + mlp(norm2(x))``) or ``"fastsam"`` (``norm2`` on the residual stream).
+        attention_backend: ``"dense"`` (exact, SDPA) or ``"dilated"`` (FastSAM3D's LongNet-style sparse
+            attention in the global blocks; windowed blocks stay dense).
+        dilated_branches: (segment, dilation) pairs of the dilated backend, in tokens of the flattened grid.
     """
 
     img_size: int = 128
@@ -45,6 +49,8 @@ class EncoderConfig:
     mlp_only_blocks: int = 0
     block_style: BlockStyle = "sam"
     layer_norm_eps: float = 1e-6
+    attention_backend: AttentionBackend = "dense"
+    dilated_branches: tuple[tuple[int, int], ...] = ((4, 1), (8, 2), (16, 4))
 
     @property
     def grid_size(self) -> int:
@@ -98,7 +104,7 @@ class ModelConfig:
         return asdict(self)
 
     def with_encoder(self, **changes: object) -> ModelConfig:
-        """A copy with some encoder fields changed (e.g. ``depth=4``)."""
+        """A copy with some encoder fields changed (e.g. ``attention_backend="dilated"``)."""
         return replace(self, encoder=replace(self.encoder, **changes))
 
 

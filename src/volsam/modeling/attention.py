@@ -55,6 +55,8 @@ class RelPosAttention(nn.Module):
         rel_pos_size: length of each relative-position table (2 * S - 1 for attention span S).
         window_size: 0 for global attention over the whole grid; otherwise the side of the zero-padded
             windows the grid is split into (SAM-Med3D pads the 8^3 grid to one 14^3 window).
+        dilated_branches: (segment, dilation) pairs: replace global attention by
+            :func:`dilated_attention` (FastSAM3D's sparse scheme); None for dense attention.
     """
 
     def __init__(
@@ -66,8 +68,16 @@ class RelPosAttention(nn.Module):
         use_rel_pos: bool = True,
         rel_pos_size: int = 15,
         window_size: int = 0,
+        dilated_branches: tuple[tuple[int, int], ...] | None = None,
     ) -> None:
         super().__init__()
+        if dilated_branches is not None:
+            if window_size:
+                raise ValueError("dilated attention replaces global attention: window_size must be 0")
+            for seg, dil in dilated_branches:
+                if seg < 1 or dil < 1 or seg % dil:
+                    raise ValueError(f"each (segment, dilation) needs segment % dilation == 0, got {(seg, dil)}")
+        self.dilated_branches = dilated_branches
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
         self.num_heads = num_heads
@@ -105,7 +115,7 @@ class RelPosAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, nh, hd).permute(2, 0, 3, 1, 4)  # 3, B, nh, N, hd
         q, k, v = qkv.unbind(0)
         pad = span - g
-        if not self.use_rel_pos and pad == 0:
+        if not self.use_rel_pos and pad == 0 and self.dilated_branches is None:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             if self.qkv.bias is not None:
@@ -127,7 +137,10 @@ class RelPosAttention(nn.Module):
                 mask = torch.cat([mask, log_sum], dim=-1)
                 k = torch.cat([k, bk.expand(b, nh, 1, hd)], dim=2)
                 v = torch.cat([v, bv.expand(b, nh, 1, hd)], dim=2)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            if self.dilated_branches is not None and not pad:
+                out = dilated_attention(q, k, v, mask, self.dilated_branches, self.scale)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(b, g, g, g, c)
         return self.proj(out)
 
@@ -181,6 +194,74 @@ def _padded_log_sum(rel_d: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tenso
     e_pad = (lb_all + lc_all)[..., g:]
     e = torch.cat([e_real, e_pad], dim=-1)  # [B,nh,G,G,S(kw)]
     return torch.logsumexp(rel_d + e[:, :, :, :, None, :], dim=-1).reshape(b, nh, g**3, 1)
+
+
+def dilated_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    branches: tuple[tuple[int, int], ...],
+    scale: float,
+) -> torch.Tensor:
+    """LongNet-style dilated attention (the "3D sparse attention" of FastSAM3D) over a flat sequence.
+
+    Branch (w, r): the sequence is cut into segments of w tokens; in each segment every r-th token,
+    starting at offset ``head % r``, attends to the others selected in that segment. Every token
+    receives, from each branch that selects it, an output and the log of its softmax normaliser; the
+    outputs are mixed with weights proportional to those normalisers (LongNet's rule), which equals a
+    softmax over the union of the branches' keys when they do not overlap. Outputs return to their own
+    positions. A branch with w = N, r = 1 is dense attention.
+
+    Args:
+        q, k: [B, nh, N, hd]; v: [B, nh, N, hv]. N must be divisible by every segment length.
+        bias: additive attention bias [B, nh, N, N] (relative positions) or None.
+        branches: (segment, dilation) pairs.
+        scale: logit scale.
+
+    Returns:
+        [B, nh, N, hv].
+    """
+    b, nh, n, _ = q.shape
+    heads = torch.arange(nh, device=q.device)
+    outs, lses, positions = [], [], []
+    for w, r in branches:
+        if n % w:
+            raise ValueError(f"sequence length {n} must be divisible by segment length {w}")
+        # Selected positions per head: [nh, n/w, w/r].
+        idx = (
+            torch.arange(0, n, w, device=q.device)[None, :, None]
+            + torch.arange(0, w, r, device=q.device)[None, None, :]
+            + (heads % r)[:, None, None]
+        )
+        hsel = heads[:, None, None]
+        qs, ks, vs = q[:, hsel, idx], k[:, hsel, idx], v[:, hsel, idx]  # [B, nh, S, m, hd]
+        logits = (qs @ ks.transpose(-1, -2)) * scale  # [B, nh, S, m, m]
+        if bias is not None:
+            logits = logits + bias[:, heads[:, None, None, None], idx[..., :, None], idx[..., None, :]]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, nh, S, m, 1]
+        outs.append(torch.exp(logits - lse) @ vs)
+        lses.append(lse)
+        positions.append(idx)
+    # Mix: weights exp(lse) normalised over the branches that select each token, in a stable way.
+    lse_all = torch.full((b, nh, n, 1), float("-inf"), dtype=q.dtype, device=q.device)
+    for lse, idx in zip(lses, positions, strict=True):
+        flat = idx.reshape(1, nh, -1, 1).expand(b, nh, -1, 1)
+        lse_all = torch.logaddexp(lse_all, _scatter_lse(lse.reshape(b, nh, -1, 1), flat, n))
+    dv = v.shape[-1]
+    out = v.new_zeros(b, nh, n, dv)
+    for o, lse, idx in zip(outs, lses, positions, strict=True):
+        flat = idx.reshape(1, nh, -1, 1).expand(b, nh, -1, 1)
+        wgt = torch.exp(lse.reshape(b, nh, -1, 1) - lse_all.gather(2, flat))
+        out = out.scatter_add(2, flat.expand(b, nh, -1, dv), wgt * o.reshape(b, nh, -1, dv))
+    return out
+
+
+def _scatter_lse(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Place per-selected-token log values [B, nh, M, 1] at their positions in [B, nh, n, 1] (-inf
+    elsewhere); within one branch each position is selected at most once."""
+    full = torch.full((*values.shape[:2], n, 1), float("-inf"), dtype=values.dtype, device=values.device)
+    return full.scatter(2, index, values)
 
 
 class DecoderAttention(nn.Module):

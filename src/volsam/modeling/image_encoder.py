@@ -73,6 +73,9 @@ class ImageEncoderViT3D(nn.Module):
                     use_rel_pos=cfg.use_rel_pos,
                     rel_pos_size=2 * (window or g) - 1,
                     window_size=window,
+                    dilated_branches=cfg.dilated_branches
+                    if cfg.attention_backend == "dilated" and window == 0
+                    else None,
                 )
             mlp_dim = int(cfg.embed_dim * cfg.mlp_ratio)
             self.blocks.append(Block(cfg.embed_dim, attn, mlp_dim, cfg.block_style, cfg.layer_norm_eps))
