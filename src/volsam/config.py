@@ -120,6 +120,7 @@ def make_config(
     block_style: BlockStyle = "sam",
     img_size: int = 128,
     patch_size: int = 16,
+    decoder_mlp_dim: int = 2048,
 ) -> ModelConfig:
     """Small builder shared by the registry: the encoder width varies, the rest follows SAM-Med3D."""
     grid = img_size // patch_size
@@ -137,5 +138,5 @@ def make_config(
             block_style=block_style,
         ),
         prompt=PromptEncoderConfig(embed_dim=prompt_dim, image_embedding_size=grid, input_image_size=img_size),
-        decoder=MaskDecoderConfig(transformer_dim=prompt_dim),
+        decoder=MaskDecoderConfig(transformer_dim=prompt_dim, mlp_dim=decoder_mlp_dim),
     )

@@ -25,7 +25,7 @@ class ModelSpec:
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
-DEFAULT_MODEL = "volsam_small"
+DEFAULT_MODEL = "volsam_tiny"
 
 
 def register_model(name: str, description: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
@@ -67,6 +67,13 @@ def _fastsam3d_mini() -> ModelConfig:
 @register_model("volsam_small", "volsam's CPU student: 6 blocks x 384, 6 heads, global, decoder width 384")
 def _volsam_small() -> ModelConfig:
     return make_config(embed_dim=384, depth=6, num_heads=6, prompt_dim=384, window_size=0, block_style="sam")
+
+
+@register_model("volsam_tiny", "volsam's default model: 6 blocks x 256, 8 heads, global; decoder width 192")
+def _volsam_tiny() -> ModelConfig:
+    return make_config(
+        embed_dim=256, depth=6, num_heads=8, prompt_dim=192, window_size=0, block_style="sam", decoder_mlp_dim=1024
+    )
 
 
 def list_models() -> list[str]:
