@@ -130,6 +130,46 @@ def _report(what: str, session) -> None:
     )
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was evaluated, 1 when any was skipped (reasons in summary.json)."""
+    from volsam.eval.runner import evaluate
+
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    summary = evaluate(
+        args.data,
+        args.model,
+        args.protocol,
+        args.clicks,
+        args.output,
+        labels=labels,
+        workers=args.workers,
+        seed=args.seed,
+        window_metrics=args.window_metrics,
+        clip=tuple(args.clip) if args.clip else None,
+        device=args.device,
+        progress=not args.no_progress,
+        decoder_checkpoint=args.decoder_checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+    )
+    print(summary.markdown(), end="")
+    for case, why in summary.skipped:
+        print(f"volsam: skipped {case}: {why}", file=sys.stderr)
+    print(f"volsam: wrote {', '.join(summary.files)} to {args.output}", file=sys.stderr)
+    return 1 if summary.skipped else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from volsam.train.loop import run_train
+
+    return run_train(args)
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from volsam.train.distill import run_distill
+
+    return run_distill(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="volsam", description="Promptable 3D segmentation of medical volumes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -158,6 +198,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")
     _add_model_args(p)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="simulated-click evaluation of a dataset: Dice/NSD/HD95 per click, reports and plots",
+        description="Writes per_click.csv, summary.json, summary.md and figures to -o DIR and prints the Markdown "
+        "table. Exit status: 0 when every case was evaluated, 1 when a case was skipped (unreadable, grid "
+        "mismatch, no foreground; reasons in summary.json), 2 for usage errors.",
+    )
+    p.add_argument("--data", required=True, help="nnU-Net raw folder, images/+labels/ folder, CSV, or colin27-aal")
+    p.add_argument("--protocol", choices=("sam_med3d", "cvpr25"), default="sam_med3d", help="default: sam_med3d")
+    p.add_argument("--clicks", type=int, default=5, help="clicks per target (after the box for cvpr25; default 5)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--labels", help="comma-separated target names or values (default: all)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the simulated clicks (default 0)")
+    p.add_argument("--window-metrics", action="store_true", help="also Dice inside the 128^3 window (SAM-Med3D)")
+    p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    from volsam.train import add_distill_arguments, add_train_arguments
+
+    p = sub.add_parser("train", help="train or fine-tune a model with simulated clicks (SAM-Med3D recipe)")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("distill", help="layer-wise progressive distillation of an encoder (FastSAM3D)")
+    add_distill_arguments(p)
+    p.set_defaults(func=_cmd_distill)
     return parser
 
 
