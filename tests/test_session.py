@@ -86,7 +86,7 @@ def test_target_longer_than_window_grows_windows():
     m6 = many.add_click(tuple(np.round(c)))
     assert dice(m1 > 0, truth) < 0.7  # 192 mm window covers under half of a 400 mm bar
     assert dice(m6 > 0, truth) > 0.95
-    assert 2 <= len(many._current.windows) <= 6
+    assert 2 <= len(many.windows) <= 6
 
 
 def test_undo_reset_and_objects_policy():

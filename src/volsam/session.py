@@ -437,6 +437,12 @@ class Session:
         return self._commit(everything=True)
 
     @property
+    def windows(self) -> list[tuple[Window, np.ndarray]]:
+        """The current object's windows and their (size,)^3 bool masks (before any box restriction),
+        in the order they were opened; the first is centred on the object's first click or box."""
+        return [(ws.window, ws.mask) for ws in self._current.windows if ws.mask is not None]
+
+    @property
     def num_clicks(self) -> int:
         """User clicks on the current object."""
         return self._current.num_clicks

@@ -288,17 +288,10 @@ def _model_label(model: Any) -> str:
 
 
 def _first_window(session: SessionLike) -> tuple[Window, np.ndarray] | None:
-    """The current object's first window and its (size,)^3 bool mask; None if unavailable.
-
-    Reads Session internals (``_current.windows[0]``) until the Session exposes its windows publicly;
-    a session without them (a test fake) gives None.
-    """
-    try:
-        ws = session._current.windows[0]  # type: ignore[attr-defined]
-        window, mask = ws.window, ws.mask
-    except (AttributeError, IndexError):
-        return None
-    return None if mask is None else (window, np.asarray(mask))
+    """The current object's first window and its (size,)^3 bool mask; None for sessions without windows
+    (test fakes) or before any prediction."""
+    windows = getattr(session, "windows", None)
+    return windows[0] if windows else None
 
 
 # --------------------------------------------------------------------------------------------------
