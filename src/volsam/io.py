@@ -154,7 +154,7 @@ def read_image(path: str | os.PathLike[str], dtype: DTypeLike | None = np.float3
     except ImageReadError:
         raise
     except Exception as err:  # the libraries raise many types for corrupt files
-        raise ImageReadError(f"cannot read {fmt} image {p}: {_one_line(err)}") from err
+        raise ImageReadError(f"cannot read {fmt} image {p} (corrupt or truncated?): {_one_line(err)}") from err
 
 
 def _cast(data: np.ndarray, dtype: DTypeLike | None) -> np.ndarray:

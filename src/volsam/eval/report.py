@@ -258,6 +258,12 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Render a figure to PNG at ``path`` atomically."""
+    data = _png(fig)
+    return _atomic_write(Path(path), lambda f: f.write(data), binary=True)
+
+
 def plot_dice_vs_clicks(summary: Summary) -> Figure:
     """Mean Dice against step, one line per target plus the mean over all (dashed)."""
     from matplotlib.figure import Figure

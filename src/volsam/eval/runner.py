@@ -309,7 +309,8 @@ def _metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], cfg: _C
     return m["dice"], m["nsd"], m["hd95"]
 
 
-def _view(case: str, target: str, vol: Volume, gt: np.ndarray, pred: np.ndarray, d: float) -> TargetView:
+def target_view(case: str, target: str, vol: Volume, gt: np.ndarray, pred: np.ndarray, d: float) -> TargetView:
+    """Slices of image, truth and prediction through the truth's centroid (for figures)."""
     c = tuple(round(float(x)) for x in ndimage.center_of_mass(gt))
     ci, cj, ck = (min(max(x, 0), n - 1) for x, n in zip(c, gt.shape, strict=True))
     img = np.asarray(vol.array, dtype=np.float32)
@@ -410,7 +411,7 @@ def _run_case(
         gt = np.ascontiguousarray(gt, dtype=bool)
         records, pred = _run_target(session, vol, gt, case.name, target, cfg)
         out.encode_ms += sum(r.encode_ms for r in records)
-        view = _view(case.name, target.name, vol, gt, pred, records[-1].dice)
+        view = target_view(case.name, target.name, vol, gt, pred, records[-1].dice)
         out.targets.append(TargetResult(index, ti, case.name, target, records, view))
         if tick is not None:
             tick(1.0 / len(targets))

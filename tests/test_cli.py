@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import contextlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from volsam.cli import main
+from volsam.demo import DEMO_IMAGE, run_demo
+from volsam.io import read_image
+
+
+@pytest.fixture()
+def image(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(10, 1, (40, 44, 30)).astype(np.float32)
+    data[10:25, 12:30, 8:20] += 100
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.1, 0.9, 2.0, 1.0])), path)
+    return path
+
+
+def test_info(image, capsys):
+    assert main(["info", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "(40, 44, 30)" in out and "1.1 x 0.9 x 2 mm" in out and "RAS" in out
+
+
+def test_segment_writes_mask_on_input_grid(image, tmp_path, capsys):
+    out = tmp_path / "mask.nrrd"
+    rc = main(
+        [
+            "segment",
+            str(image),
+            "--point",
+            "17,20,14",
+            "--negative",
+            "30,5,3",
+            "--point",
+            "18,21,14",
+            "--model",
+            "fastsam3d_mini",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    mask, ref = read_image(out, dtype=None), read_image(image)
+    assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine, atol=1e-5)
+    err = capsys.readouterr().err
+    # clicks applied in the order given, each reported
+    assert err.index("+ click (17.0") < err.index("- click (30.0") < err.index("+ click (18.0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["segment", "{img}", "--point", "99,1,1"], "outside the volume"),
+        (["segment", "{missing}", "--point", "1,1,1"], "no such file"),
+        (["segment", "{img}", "--point", "1,1"], None),  # argparse usage error
+        (["segment", "{img}", "--point", "1,1,1", "-o", "{img}"], "input"),
+        (["segment", "{img}", "--point", "1,1,1", "--model", "{trunc}"], "not a readable checkpoint"),
+        (["segment", "{img}", "--point", "1,1,1", "--model", "nonsense"], "model must be one of"),
+        (["segment", "{img4d}", "--point", "1,1,1"], "3D"),
+        (["info", "{trunc_nii}"], "truncated"),
+    ],
+)
+def test_bad_input_is_one_line_no_traceback(image, tmp_path, capsys, args, message):
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    trunc_nii = tmp_path / "trunc.nii.gz"
+    trunc_nii.write_bytes(image.read_bytes()[:200])
+    img4d = tmp_path / "img4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.float32), np.eye(4)), img4d)
+    before = image.read_bytes()
+    fill = {"img": image, "missing": tmp_path / "nope.nii.gz", "trunc": trunc, "trunc_nii": trunc_nii, "img4d": img4d}
+    argv = [a.format(**fill) for a in args]
+    if "--model" not in argv and argv[0] == "segment":
+        argv += ["--model", "fastsam3d_mini"]
+    with pytest.raises(SystemExit) if message is None else contextlib.nullcontext():
+        rc = main(argv)
+        assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    if message is not None:
+        errors = [line for line in err.splitlines() if line.startswith("volsam: error:")]
+        assert len(errors) == 1 and err.splitlines()[-1] == errors[0]  # one line, last
+        assert message.lower() in errors[0].lower()
+    assert image.read_bytes() == before  # the input is never touched
+
+
+def test_demo_writes_mask_and_png(tmp_path):
+    r = run_demo(tmp_path, model="fastsam3d_mini")
+    assert 0.0 <= r.dice <= 1.0
+    assert read_image(r.mask_path).shape == read_image(DEMO_IMAGE).shape
+    assert r.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
