@@ -5,7 +5,7 @@ Writes an nnU-Net raw layout (imagesTr/, labelsTr/, dataset.json) under OUT:
 - ``colin27``: Colin27 T1 (``ch2.nii.gz``) with the AAL labels, *minus* the held-out evaluation
   structures (left/right thalamus, caudate, putamen, hippocampus, amygdala) which are set to 0, so no
   held-out voxel is ever a training target;
-- ``inia19``: the macaque inia19 T1 with its NeuroMaps labels (labels under 200 voxels dropped).
+- ``inia19``: the macaque inia19 T1 with its NeuroMaps labels (labels under 500 mm^3 dropped).
 
 Synthetic images from these label maps are generated on the fly by ``volsam train --synth`` (random
 contrast per label), so the model is not tied to T1 contrast.
@@ -25,7 +25,9 @@ from volsam.eval.datasets import MRICRON_TEMPLATES
 from volsam.io import read_image, write_mask
 
 HELD_OUT_AAL = {37, 38, 41, 42, 71, 72, 73, 74, 77, 78}
-MIN_VOXELS = 200
+# NeuroMaps labels smaller than this many 0.5 mm voxels (500 mm^3, ~150 voxels at 1.5 mm) are dropped:
+# at the model's 1.5 mm they are a handful of voxels.
+MIN_VOXELS = 4000
 
 
 def _aal_names(path: Path) -> dict[int, str]:

@@ -19,24 +19,22 @@ EXIT_USAGE = 2
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _point(text: str) -> tuple[float, float, float]:
+def _numbers(text: str, n: int, form: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         vals = ()
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"expected a point as i,j,k (three numbers), got {text!r}")
-    return vals  # type: ignore[return-value]
+    if len(vals) != n:
+        raise argparse.ArgumentTypeError(f"expected {form} ({n} comma-separated numbers), got {text!r}")
+    return vals
+
+
+def _point(text: str) -> tuple[float, ...]:
+    return _numbers(text, 3, "a point as i,j,k")
 
 
 def _box(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 6:
-        raise argparse.ArgumentTypeError(f"expected a box as i0,j0,k0,i1,j1,k1 (six numbers), got {text!r}")
-    return vals
+    return _numbers(text, 6, "a box as i0,j0,k0,i1,j1,k1")
 
 
 class _Click(argparse.Action):
