@@ -28,6 +28,13 @@ def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def _gemm_peak() -> float:
+    """fp32 GEMM throughput of this machine right now, GFLOP/s (the machine is shared: report ratios)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ms = _median_ms(lambda: a @ b, 7)
+    return 2 * 2048**3 / ms / 1e6
+
+
 def _run(name: str, repeats: int, reference: bool, queue: mp.Queue) -> None:
     from volsam import build_model
     from volsam.registry import model_config
@@ -40,8 +47,13 @@ def _run(name: str, repeats: int, reference: bool, queue: mp.Queue) -> None:
     labels = torch.tensor([[1, 0]])
     row: dict = {"variant": name, "threads": torch.get_num_threads()}
     with torch.inference_mode():
-        emb = model.image_encoder(x)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            emb = model.image_encoder(x)
+        row["encoder_gflop"] = counter.get_total_flops() / 1e9
         row["encoder_ms"] = _median_ms(lambda: model.image_encoder(x), repeats)
+        row["encoder_gflops"] = row["encoder_gflop"] / row["encoder_ms"] * 1e3
         prev = torch.zeros(1, 1, 32, 32, 32)
 
         def click() -> torch.Tensor:
@@ -68,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     ctx = mp.get_context("spawn")
+    peak = _gemm_peak()
+    print(f"this machine now: fp32 GEMM 2048^3 at {peak:.0f} GFLOP/s (2 threads, median)")
     rows = []
     for name in args.variants:
         q = ctx.Queue()
@@ -75,19 +89,23 @@ def main(argv: list[str] | None = None) -> None:
         proc.start()
         rows.append(q.get())
         proc.join()
-    print("| variant | encoder ms | prompt+decoder+upsample ms | peak RSS MB | padded reference ms | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| variant | encoder GFLOP | encoder ms | % of GEMM peak | prompt+decoder+upsample ms | peak RSS MB "
+        "| padded reference ms | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = r.get("padded_reference_ms")
         ref_s = "" if ref is None else f"{ref:.0f}"
         up_s = "" if ref is None else f"{r['speedup_vs_reference']:.1f}x"
         print(
-            f"| {r['variant']} | {r['encoder_ms']:.0f} | {r['click_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"| {r['variant']} | {r['encoder_gflop']:.0f} | {r['encoder_ms']:.0f} | "
+            f"{100 * r['encoder_gflops'] / peak:.0f}% | {r['click_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{ref_s} | {up_s} |"
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"gemm_gflops": peak, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
