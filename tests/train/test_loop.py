@@ -157,3 +157,16 @@ def test_overfits_a_small_synthetic_set(toy_data: Path, tmp_path: Path):
             break
     print(f"overfit: Dice {dice:.3f} after {steps} steps, {time.perf_counter() - t0:.0f} s")
     assert dice > 0.9
+
+
+def test_ce_weight_scales_the_cross_entropy_term():
+    from volsam.train.loop import InteractiveTask, TrainConfig
+
+    logits = torch.full((1, 1, 8, 8, 8), -4.0)
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[..., 2:5, 2:5, 2:5] = 1
+    model = build_model("fastsam3d_mini")
+    full = InteractiveTask(model, TrainConfig(steps=1), torch.device("cpu")).loss_fn(logits, target)
+    low = InteractiveTask(model, TrainConfig(steps=1, ce_weight=0.1), torch.device("cpu")).loss_fn(logits, target)
+    dice_only = InteractiveTask(model, TrainConfig(steps=1, ce_weight=0.0), torch.device("cpu")).loss_fn(logits, target)
+    assert torch.isclose(low - dice_only, 0.1 * (full - dice_only), rtol=1e-5)

@@ -46,6 +46,7 @@ def _add_optim_arguments(p: argparse.ArgumentParser, lr: float, encoder_lr: floa
     g.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm")
     g.add_argument("--rounds", type=int, default=5, help="interaction rounds per batch")
     g.add_argument("--mask-only-rounds", type=int, default=2, help="rounds without a new click")
+    g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy in Dice+CE (SAM-Med3D: 1)")
     g.add_argument("--click-protocol", default="random", help="simulator of later clicks: random, dt, cvpr25")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")

@@ -101,6 +101,9 @@ class TrainConfig:
         max_grad_norm: clip the global gradient norm to this (None = no clipping).
         rounds: interaction rounds per batch.
         mask_only_rounds: rounds without a new click (the last, then random middle rounds).
+        ce_weight: weight of the cross-entropy term of ``DiceCELoss`` (1.0 in SAM-Med3D). Lower values
+            keep a model trained from scratch from settling on empty masks, where the saturated sigmoid
+            leaves the Dice term almost no gradient.
         click_protocol: simulator of later clicks (:data:`volsam.prompts.CLICK_PROTOCOLS`).
         seed: seed of every random draw.
         workers: DataLoader worker processes.
@@ -122,6 +125,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     rounds: int = 5
     mask_only_rounds: int = 2
+    ce_weight: float = 1.0
     click_protocol: str = "random"
     seed: int = 0
     workers: int = 0
@@ -437,7 +441,7 @@ class InteractiveTask:
         self.cfg = cfg
         self.device = device
         self.trainable = tuple(trainable)
-        self.loss_fn = DiceCELoss(sigmoid=True)
+        self.loss_fn = DiceCELoss(sigmoid=True, lambda_ce=cfg.ce_weight)
         self.encoder_trains = any(t.startswith("image_encoder") for t in self.trainable)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(self.trainable))
@@ -851,6 +855,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_grad_norm=args.max_grad_norm,
         rounds=args.rounds,
         mask_only_rounds=args.mask_only_rounds,
+        ce_weight=args.ce_weight,
         click_protocol=args.click_protocol,
         seed=args.seed,
         workers=args.workers,
