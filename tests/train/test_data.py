@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -12,18 +11,7 @@ from volsam.eval.datasets import load_dataset
 from volsam.train.data import AugmentConfig, StepSampler, TrainDataset, TrainingDataError, make_loader
 from volsam.train.synth import SynthConfig, SynthDataset, SynthGenerator
 
-from . import AFFINE, SHAPE, make_case, one_thread, write_dataset
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("toy"))
+from . import AFFINE, SHAPE, make_case
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

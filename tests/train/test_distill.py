@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,7 @@ from volsam.train.data import TrainDataset
 from volsam.train.distill import copy_from_teacher, distill, layer_map
 from volsam.train.loop import TrainConfig, TrainLog
 
-from . import one_thread, write_dataset
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+from . import write_dataset
 
 
 @pytest.fixture(scope="module")

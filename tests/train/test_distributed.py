@@ -5,27 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
 from volsam.cli import main
 from volsam.train.loop import TrainLog
 
-from . import one_thread, write_dataset
+from . import write_dataset
 
 COMMON = [
     "--model", "fastsam3d_mini", "--rounds", "3", "--mask-only-rounds", "1", "--workers", "0", "--no-progress",
     "--seed", "1", "--lr", "1e-3",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:

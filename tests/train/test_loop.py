@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,20 +13,7 @@ from volsam.cli import main
 from volsam.train.data import AugmentConfig, TrainDataset
 from volsam.train.loop import LOG_COLUMNS, TrainConfig, TrainLog, evaluate, mask_only_round_set, train
 
-from . import one_thread, write_dataset
-
 MODEL = "fastsam3d_mini"
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("toy"))
 
 
 def _model(seed: int = 0):

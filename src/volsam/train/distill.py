@@ -55,10 +55,10 @@ from volsam.train.loop import (
     TrainLog,
     _autocast,
     dist_info,
-    evaluate,
     fit,
     load_model_state,
     load_resume,
+    make_validator,
     resolve_device,
 )
 
@@ -335,19 +335,7 @@ def distill(
             this_resume = resume if resume_at is not None and phase.index == resume_at[0] else None
             if phase.name == "decoder":
                 task: Any = InteractiveTask(student, cfg, device, trainable=dec_trainable)
-                validate = None
-                if val_data is not None:
-
-                    def validate() -> dict[str, Any]:
-                        return evaluate(
-                            student,
-                            val_data,
-                            clicks=cfg.val_clicks,
-                            protocol=cfg.click_protocol,
-                            seed=cfg.seed,
-                            device=device,
-                            amp=cfg.amp,
-                        )
+                validate = make_validator(student, val_data, cfg, device)
             else:
                 k = phase.index + 1
                 if k == 1 and this_resume is None:

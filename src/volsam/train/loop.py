@@ -729,6 +729,27 @@ def load_model_state(model: Sam3D, state: dict[str, torch.Tensor], source: Path)
     model.load_state_dict(state, strict=True)
 
 
+def make_validator(
+    model: Sam3D, val_data: TrainDataset | None, cfg: TrainConfig, device: torch.device
+) -> Callable[[], dict[str, Any]] | None:
+    """Validation Dice of ``model`` on ``val_data`` with the run's protocol and seed (None without data)."""
+    if val_data is None:
+        return None
+
+    def validate() -> dict[str, Any]:
+        return evaluate(
+            model,
+            val_data,
+            clicks=cfg.val_clicks,
+            protocol=cfg.click_protocol,
+            seed=cfg.seed,
+            device=device,
+            amp=cfg.amp,
+        )
+
+    return validate
+
+
 def train(
     model: Sam3D,
     data: TrainDataset,
@@ -779,19 +800,7 @@ def train(
         dist.barrier()
     task = InteractiveTask(model, cfg, device)
     log = TrainLog(out, (0, int(resume["step"])) if resume is not None else None, enabled=rank == 0)
-    validate = None
-    if val_data is not None:
-
-        def validate() -> dict[str, Any]:
-            return evaluate(
-                model,
-                val_data,
-                clicks=cfg.val_clicks,
-                protocol=cfg.click_protocol,
-                seed=cfg.seed,
-                device=device,
-                amp=cfg.amp,
-            )
+    validate = make_validator(model, val_data, cfg, device)
 
     try:
         result = fit(
