@@ -333,3 +333,22 @@ def test_normalize_window_clip_and_degenerate_inputs() -> None:
     nan = np.ones((2, 2, 2), np.float32)
     nan[0, 0, 0] = np.nan
     assert np.all(np.isfinite(normalize_window(nan)))
+
+
+def test_paste_back_bounded_by_mask_box_equals_full_footprint():
+    """Painting into zeros only around the non-zero window voxels gives the full result (oblique grid)."""
+    from volsam.transforms import Window, paste_back
+
+    t = np.deg2rad(20)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]) @ np.diag(
+        [0.9, 1.1, 1.7]
+    )
+    shape = (60, 70, 40)
+    window = Window(affine[:3, :3] @ (np.array(shape) / 2), size=32, spacing=1.5)
+    rng = np.random.default_rng(0)
+    wm = np.zeros((32, 32, 32), bool)
+    wm[10:19, 5:12, 20:30] = rng.random((9, 7, 10)) > 0.3
+    fast = paste_back(wm, window, shape, affine)
+    full = paste_back(wm, window, shape, affine, out=np.zeros(shape, np.uint8))
+    assert fast.sum() > 0 and np.array_equal(fast, full)

@@ -363,11 +363,7 @@ class Session:
         vol = self.volume
         mask = np.zeros(vol.shape, dtype=np.uint8)
         for ws in obj.windows:
-            if ws.mask is None:
-                continue
-            if len(obj.windows) == 1:
-                paste_back(ws.mask, ws.window, vol.shape, vol.affine, out=mask)
-            else:
+            if ws.mask is not None:
                 mask |= paste_back(ws.mask, ws.window, vol.shape, vol.affine)
         if obj.box is not None:
             lo = np.clip(obj.box[0], 0, np.asarray(vol.shape) - 1).astype(int)

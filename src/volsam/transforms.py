@@ -422,14 +422,20 @@ def paste_back(
     if len(shape) != 3:
         raise ValueError(f"expected a 3D shape, got {shape}")
     wm = _binarize(window_mask, window.size, threshold)
+    box = None
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
+        # Into zeros only non-zero window voxels need writing: bound the work by their box.
+        hits = [np.flatnonzero(wm.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        if any(h.size == 0 for h in hits):
+            return out
+        box = (np.array([h[0] for h in hits]), np.array([h[-1] + 1 for h in hits]))
     elif out.shape != shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 of shape {shape}, got {out.dtype} {out.shape}")
     m = np.linalg.inv(window.affine) @ _as_affine(affine)  # volume voxel -> window voxel
     rows = _axis_map(m[:3, :3], shape)
     if rows is None:
-        _paste_general(wm, m, out)
+        _paste_general(wm, m, out, box)
     else:
         _paste_separable(wm, m, rows, out)
     return out
@@ -459,12 +465,18 @@ def _paste_separable(wm: NDArray[np.uint8], m: FloatArray, rows: NDArray[np.intp
     out[box[0], box[1], box[2]] = np.take(t, idx[0], axis=0)
 
 
-def _paste_general(wm: NDArray[np.uint8], m: FloatArray, out: NDArray[np.uint8]) -> None:
-    """Oblique case: round each footprint voxel's window coordinates, in slabs along volume axis 0."""
+def _paste_general(
+    wm: NDArray[np.uint8], m: FloatArray, out: NDArray[np.uint8], box: tuple[np.ndarray, np.ndarray] | None = None
+) -> None:
+    """Oblique case: round each footprint voxel's window coordinates, in slabs along volume axis 0.
+
+    ``box`` (window index ``lo``, ``hi`` exclusive) limits the work to the volume voxels whose window
+    voxel can lie in it; the caller passes the box of non-zero window voxels when ``out`` is all zeros.
+    """
     n = wm.shape[0]
     minv = np.linalg.inv(m)  # window voxel -> volume voxel
-    e = [-0.5, n - 0.5]
-    corners = np.array(np.meshgrid(e, e, e, indexing="ij")).reshape(3, -1).T
+    blo, bhi = (np.zeros(3), np.full(3, n)) if box is None else box
+    corners = np.array(np.meshgrid(*[[blo[a] - 0.5, bhi[a] - 0.5] for a in range(3)], indexing="ij")).reshape(3, -1).T
     pos = apply_affine(minv, corners)
     lo = np.clip(np.ceil(pos.min(axis=0) - _EPS).astype(np.int64), 0, out.shape)
     hi = np.clip(np.floor(pos.max(axis=0) + _EPS).astype(np.int64) + 1, lo, out.shape)
