@@ -93,27 +93,6 @@ class PositionEmbeddingRandom3D(nn.Module):
         return self._pe_encoding(coords.float() / image_size)
 
 
-class PatchConv3d(nn.Conv3d):
-    """``nn.Conv3d`` whose kernel equals its stride (non-overlapping patches), computed as one matmul.
-
-    Same parameters and state_dict keys as ``nn.Conv3d``; CPU direct 3D convolutions with few channels
-    are far slower than the equivalent GEMM. [B, Cin, D, H, W] -> [B, Cout, D/k, H/k, W/k].
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_size[0]
-        if self.stride != self.kernel_size or self.padding != (0, 0, 0) or len(set(self.kernel_size)) != 1:
-            return super().forward(x)
-        b, c, d, h, w = x.shape
-        if d % k or h % k or w % k:
-            return super().forward(x)
-        p = x.reshape(b, c, d // k, k, h // k, k, w // k, k).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        y = p.reshape(b, d // k, h // k, w // k, c * k**3) @ self.weight.reshape(self.out_channels, -1).t()
-        if self.bias is not None:
-            y = y + self.bias
-        return y.permute(0, 4, 1, 2, 3)
-
-
 class PatchConvTranspose3d(nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` with kernel == stride (each input voxel paints its own k^3 block) as one
     matmul and a 3D pixel shuffle; same parameters. [B, Cin, D, H, W] -> [B, Cout, kD, kH, kW]."""
