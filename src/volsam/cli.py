@@ -182,6 +182,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from volsam.export import export_onnx
+    from volsam.session import resolve_model
+
+    model = resolve_model(
+        args.model, "cpu", decoder_checkpoint=args.decoder_checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
+    name = Path(args.model).stem if args.model and Path(args.model).exists() else (args.model or "default")
+    paths = export_onnx(model, args.output, opset=args.opset, name=name)
+    print(f"volsam: wrote {', '.join(p.name for p in paths.values())} to {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="volsam", description="Promptable 3D segmentation of medical volumes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -236,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model as encoder.onnx + decoder.onnx (+ export.json)",
+        description="The decoder takes image_embeddings, point_coords [1,N,3] float32, point_labels [1,N] int64, "
+        "mask_input [1,1,32,32,32] and has_mask_input [1] (0: no mask prompt); see volsam.export.",
+    )
+    p.add_argument("--model", default=None, help="registered model name or checkpoint path (default: shipped model)")
+    p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=_cmd_export)
 
     from volsam.train import add_distill_arguments, add_train_arguments
 

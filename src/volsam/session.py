@@ -62,7 +62,14 @@ def resolve_model(
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
 ) -> Sam3D:
-    """A model from a registered name, a checkpoint path, an instance, or None (the shipped default)."""
+    """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
+    by onnxruntime on the CPU), an instance, or None (the shipped default)."""
+    if model is not None and not isinstance(model, Sam3D) and (Path(model) / "export.json").is_file():
+        from volsam.export import OnnxModel
+
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"an ONNX export runs on the CPU here, got device {device}")
+        return OnnxModel(model)  # type: ignore[return-value]
     if isinstance(model, Sam3D):
         net = model
     elif model is None:
@@ -114,8 +121,8 @@ class Session:
     """Interactive 3D segmentation of one image.
 
     Args:
-        model: registered name, checkpoint path, a built :class:`~volsam.modeling.Sam3D`, or None for the
-            default model shipped with volsam.
+        model: registered name, checkpoint path, ``volsam export`` folder (onnxruntime backend), a built
+            :class:`~volsam.modeling.Sam3D`, or None for the default model shipped with volsam.
         device: torch device; None picks CUDA when available, else CPU.
         clip: intensity window applied before z-normalisation, e.g. (-1000, 1000) for CT (the SAM-Med3D
             paper-era pipeline); None keeps raw intensities.
@@ -140,7 +147,8 @@ class Session:
         trust_checkpoint: bool = False,
     ) -> None:
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
+            device = "cuda" if torch.cuda.is_available() and not onnx else "cpu"
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         self.device = torch.device(device)
