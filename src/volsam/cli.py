@@ -182,6 +182,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from volsam.serve.app import create_app
+
+    token = args.token or os.environ.get("VOLSAM_TOKEN") or None
+    app = create_app(
+        args.model, data_root=args.data_root, token=token, max_sessions=args.max_sessions, device=args.device
+    )
+    if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set --token or VOLSAM_TOKEN)")
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_memory_build(args: argparse.Namespace) -> int:
+    from volsam.memory import build_memory, save_memory
+    from volsam.session import resolve_model
+
+    model = resolve_model(
+        args.model, args.device, decoder_checkpoint=args.decoder_checkpoint, trust_checkpoint=args.trust_checkpoint
+    )
+    mem = build_memory(
+        model, args.data, args.block, tokens=args.tokens, max_tokens=args.max_tokens, model_name=str(args.model)
+    )
+    path = save_memory(mem, args.output)
+    heads, m, hd = mem.keys.shape
+    print(f"volsam: memorised {m} tokens x {heads} heads x {hd} (block {mem.block}) to {path}", file=sys.stderr)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from volsam.export import export_onnx
     from volsam.session import resolve_model
@@ -210,6 +243,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered name or checkpoint (default: shipped model)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("memory", help="key/value memories for Memorizing SAM (memory-augmented attention)")
+    msub = p.add_subparsers(dest="memory_command", required=True)
+    p = msub.add_parser("build", help="memorise one encoder block's keys/values over a labelled dataset")
+    p.add_argument("--data", required=True, help="nnU-Net raw folder, images/+labels/ folder, CSV, or colin27-aal")
+    p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--block", type=int, required=True, help="encoder block (with attention) to memorise")
+    p.add_argument("--tokens", choices=("labelled", "all"), default="labelled", help="default: labelled")
+    p.add_argument("--max-tokens", type=int, default=None, help="random subset of at most this many tokens")
+    p.add_argument("-o", "--output", required=True, metavar="MEMORY", help="output file (.safetensors)")
+    p.set_defaults(func=_cmd_memory_build)
+
+    p = sub.add_parser("serve", help="REST API for interactive segmentation (OpenAPI docs at /docs)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--model", default=None, help="registered name or checkpoint (default: shipped model)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="folder that path-based sessions may read")
+    p.add_argument("--token", default=None, help="bearer token required on every request (default: $VOLSAM_TOKEN)")
+    p.add_argument("--max-sessions", type=int, default=8, help="live sessions before LRU eviction (default 8)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=_cmd_models)

@@ -447,6 +447,15 @@ class Session:
         return [(ws.window, ws.mask) for ws in self._current.windows if ws.mask is not None]
 
     @property
+    def current_label(self) -> int:
+        """Label of the object that clicks go to."""
+        return self._current.label
+
+    @property
+    def num_objects(self) -> int:
+        return len(self._objects)
+
+    @property
     def num_clicks(self) -> int:
         """User clicks on the current object."""
         return self._current.num_clicks

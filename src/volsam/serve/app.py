@@ -1,0 +1,468 @@
+"""REST API over :class:`volsam.session.Session` (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
+
+One server holds several sessions, each one image with its clicks and objects, addressed by an id.
+
+Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the image array, or mm RAS+ with
+``"world": true``):
+
+- ``POST /sessions``: multipart upload (field ``file``; .nii, .nii.gz, .nrrd, .mha) or JSON
+  ``{"path": "rel/path.nii.gz"}`` under ``data_root`` -> ``{"id", "shape", "spacing", "affine"}``.
+- ``GET /sessions/{id}``: shape, objects and clicks of the current object.
+- ``POST /sessions/{id}/clicks`` ``{"point", "positive", "world"}`` -> ``{"voxels", "latency_ms", "object",
+  "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
+  ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
+- ``GET /sessions/{id}/labels?format=nii.gz|nrrd|mha``: the label map file on the image grid.
+- ``GET /sessions/{id}/overlay``: the label map as gzip-compressed raw bytes (``application/gzip``), C order
+  of the (X, Y, Z) image array, i.e. byte ``(i * Y + j) * Z + k`` is voxel (i, j, k); headers ``X-Shape``
+  (``X,Y,Z``), ``X-Dtype`` (``uint8``, or ``uint16`` past 255 objects) and ``X-Order`` (``C``).
+- ``DELETE /sessions/{id}``.
+
+Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable image, or an
+.mha/.nrrd whose header names a separate data file (refused: it could point anywhere); 401
+missing/wrong bearer token; 403 path outside ``data_root`` or path-based creation without one; 404
+unknown session or file; 410 expired session; 413 upload larger than ``max_upload_mb``; 415 unsupported
+upload type; 503 every session busy when a new one is needed.
+
+Lifetime: a session idle for ``idle_timeout_s`` expires. When ``max_sessions`` are live, creating one evicts
+the least recently used session that is not running a request; clients of an expired or evicted session get
+410 ``session expired after N s idle`` (the ids of the last 4096 expired sessions are remembered; older
+ones give 404). Requests on one session are serialised by a per-session lock; different sessions run
+concurrently and share one model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from volsam.io import ImageReadError, Volume, read_image
+from volsam.session import Session
+
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
+_TOMBSTONES = 4096
+_CHUNK = 1 << 20
+
+
+class PathRequest(BaseModel):
+    """Create a session from a file under the server's data root."""
+
+    path: str = Field(description="path relative to --data-root, e.g. case01/ct.nii.gz")
+
+
+class ClickRequest(BaseModel):
+    point: tuple[float, float, float] = Field(description="voxel (i, j, k), or mm RAS+ with world=true")
+    positive: bool = True
+    world: bool = False
+
+
+class BoxRequest(BaseModel):
+    lo: tuple[float, float, float] = Field(description="one corner, voxel (i, j, k) or mm RAS+ with world=true")
+    hi: tuple[float, float, float] = Field(description="the opposite corner")
+    world: bool = False
+
+
+class SessionInfo(BaseModel):
+    id: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: list[list[float]] = Field(description="4x4 voxel -> mm RAS+")
+
+
+class SessionState(SessionInfo):
+    objects: int
+    clicks: int = Field(description="clicks on the current object")
+
+
+class PromptResult(BaseModel):
+    voxels: int = Field(description="voxels of the current object")
+    latency_ms: float = Field(description="time spent segmenting (excluding waiting for the session lock)")
+    object: int = Field(description="label of the current object")
+    clicks: int = Field(description="clicks on the current object")
+
+
+@dataclass
+class _Entry:
+    session: Session
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+    active: int = 0  # requests using the session (never evicted while > 0)
+
+
+class SessionStore:
+    """Live sessions with idle expiry and least-recently-used eviction; thread-safe."""
+
+    def __init__(self, max_sessions: int, idle_timeout_s: float) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self._live: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self._expired: OrderedDict[str, str] = OrderedDict()  # id -> 410 message
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def _expire(self, sid: str, now: float, why: str = "") -> None:
+        entry = self._live.pop(sid)
+        self._expired[sid] = f"session {sid} expired after {now - entry.last_used:.0f} s idle{why}"
+        while len(self._expired) > _TOMBSTONES:
+            self._expired.popitem(last=False)
+
+    def _sweep(self, now: float) -> None:
+        for sid, entry in list(self._live.items()):
+            if entry.active == 0 and now - entry.last_used >= self.idle_timeout_s:
+                self._expire(sid, now)
+
+    def add(self, session: Session) -> str:
+        """Register a session (evicting the least recently used idle one when full); returns its id."""
+        sid = uuid.uuid4().hex
+        with self._lock:
+            now = time.monotonic()
+            self._sweep(now)
+            if len(self._live) >= self.max_sessions:
+                victim = next((s for s, e in self._live.items() if e.active == 0), None)
+                if victim is None:
+                    raise HTTPException(503, f"all {self.max_sessions} sessions are busy; retry later")
+                self._expire(victim, now, f" (evicted: the server holds at most {self.max_sessions} sessions)")
+            self._live[sid] = _Entry(session)
+        return sid
+
+    def remove(self, sid: str) -> None:
+        with self._lock:
+            self._get(sid)
+            del self._live[sid]
+
+    def _get(self, sid: str) -> _Entry:
+        self._sweep(time.monotonic())
+        entry = self._live.get(sid)
+        if entry is None:
+            if sid in self._expired:
+                raise HTTPException(410, self._expired[sid])
+            raise HTTPException(404, f"no session {sid!r} (unknown id, or deleted)")
+        return entry
+
+    @contextmanager
+    def use(self, sid: str) -> Iterator[Session]:
+        """Hold a session's lock for the duration of one request."""
+        with self._lock:
+            entry = self._get(sid)
+            entry.active += 1
+            entry.last_used = time.monotonic()
+            self._live.move_to_end(sid)
+        try:
+            with entry.lock:
+                yield entry.session
+        finally:
+            with self._lock:
+                entry.active -= 1
+                entry.last_used = time.monotonic()
+
+
+def _upload_suffix(filename: str) -> str:
+    name = filename.lower()
+    for suffix in UPLOAD_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise HTTPException(415, f"unsupported upload {filename!r}: expected a {', '.join(UPLOAD_SUFFIXES)} file")
+
+
+def check_self_contained(path: Path) -> None:
+    """HTTP 400 unless an .mha/.nrrd header keeps its voxels inline: a header naming a data file could make
+    the server read any file it can reach."""
+    name = path.name.lower()
+    if not name.endswith((".mha", ".nrrd")):
+        return
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    for raw in head.split(b"\n"):
+        line = raw.strip().lower()
+        if name.endswith(".nrrd") and not line:
+            return  # end of the NRRD header
+        if name.endswith(".mha") and line.startswith(b"elementdatafile"):
+            if line.partition(b"=")[2].strip() != b"local":
+                raise HTTPException(400, "an .mha file must hold its voxels inline (ElementDataFile = LOCAL)")
+            return
+        if line.startswith((b"data file:", b"datafile:")):
+            raise HTTPException(400, "a .nrrd file must hold its voxels inline (no 'data file:' field)")
+
+
+def resolve_under(root: Path | None, relative: str) -> Path:
+    """``relative`` inside ``root``, or HTTP 403 when it is absolute, has ``..`` or resolves outside."""
+    if root is None:
+        raise HTTPException(403, "path-based sessions are disabled: start the server with --data-root DIR")
+    if not relative or "\x00" in relative:
+        raise HTTPException(400, "empty or invalid path")
+    posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith(("/", "\\", "~")):
+        raise HTTPException(
+            403, f"absolute paths are not allowed: {relative!r} (give a path relative to the data root)"
+        )
+    if ".." in posix.parts or ".." in windows.parts:
+        raise HTTPException(403, f"'..' is not allowed in paths: {relative!r}")
+    base = root.resolve()
+    target = (base / posix).resolve()
+    if not target.is_relative_to(base):
+        raise HTTPException(403, f"{relative!r} resolves outside the data root")
+    if not target.exists():
+        raise HTTPException(404, f"no such file under the data root: {relative!r}")
+    if not target.is_file():
+        raise HTTPException(400, f"{relative!r} is not a file")
+    _upload_suffix(target.name)
+    return target
+
+
+def _result(session: Session, mask: Any, t0: float) -> PromptResult:
+    return PromptResult(
+        voxels=int(mask.sum()),
+        latency_ms=round((time.perf_counter() - t0) * 1e3, 3),
+        object=session.current_label,
+        clicks=session.num_clicks,
+    )
+
+
+def _info(sid: str, vol: Volume) -> dict[str, Any]:
+    return {"id": sid, "shape": vol.shape, "spacing": vol.spacing, "affine": vol.affine.tolist()}
+
+
+def create_app(
+    model: Any = None,
+    *,
+    data_root: str | Path | None = None,
+    token: str | None = None,
+    max_sessions: int = 8,
+    idle_timeout_s: float = 900,
+    max_upload_mb: float = 512,
+    session_factory: Callable[[], Session] | None = None,
+    device: str | None = None,
+) -> FastAPI:
+    """Build the FastAPI app (see the module docstring for the API).
+
+    Args:
+        model: what :class:`~volsam.session.Session` accepts (name, checkpoint, export folder, Sam3D, None);
+            loaded once, on the first session, and shared by all sessions.
+        data_root: folder that ``{"path": ...}`` requests may read from; None disables path-based creation.
+        token: when set, every API request needs ``Authorization: Bearer <token>``.
+        session_factory: builds an empty Session (overrides ``model``/``device``; used by tests).
+    """
+    root = Path(data_root).expanduser() if data_root is not None else None
+    if root is not None and not root.is_dir():
+        raise ValueError(f"data root {root} is not a directory")
+    store = SessionStore(max_sessions, idle_timeout_s)
+    max_bytes = int(max_upload_mb * 2**20)
+    factory_lock = threading.Lock()
+    shared: dict[str, Any] = {}
+
+    def new_session() -> Session:
+        if session_factory is not None:
+            return session_factory()
+        with factory_lock:
+            if "session" not in shared:
+                shared["session"] = first = Session(model, device)
+                return first
+            proto: Session = shared["session"]
+        onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
+        return Session(model if onnx else proto.model, proto.device)
+
+    bearer = HTTPBearer(auto_error=False, description="set when the server runs with --token / VOLSAM_TOKEN")
+
+    def check_token(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if token is None:
+            return
+        given = cred.credentials if cred is not None and cred.scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(
+        title="volsam",
+        summary="Promptable 3D segmentation of CT/MRI volumes",
+        description=__doc__ or "",
+        dependencies=[Depends(check_token)],
+    )
+    app.state.store = store
+
+    def open_session(path: Path) -> tuple[str, Volume]:
+        check_self_contained(path)
+        try:
+            vol = read_image(path)
+        except ImageReadError as e:
+            raise HTTPException(400, str(e).replace(str(path), path.name)) from e
+        session = new_session()
+        session.set_image(vol)
+        return store.add(session), vol
+
+    def from_upload(src: Any, filename: str) -> tuple[str, Volume]:
+        suffix = _upload_suffix(filename)
+        fd, tmp = tempfile.mkstemp(prefix="volsam-upload-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                total = 0
+                while chunk := src.read(_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise HTTPException(413, f"upload larger than the limit of {max_upload_mb:g} MB")
+                    out.write(chunk)
+            return open_session(Path(tmp))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    upload_schema = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                },
+                "application/json": {"schema": PathRequest.model_json_schema()},
+            },
+        }
+    }
+
+    @app.post("/sessions", response_model=SessionInfo, status_code=201, openapi_extra=upload_schema)
+    async def create_session(request: Request) -> dict[str, Any]:
+        """Create a session from an uploaded image (multipart field ``file``) or ``{"path"}`` under the data root."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > max_bytes + _CHUNK:
+                raise HTTPException(413, f"upload larger than the limit of {max_upload_mb:g} MB")
+            form = await request.form(max_files=1, max_fields=4)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise HTTPException(400, "multipart upload needs a file field named 'file'")
+                sid, vol = await run_in_threadpool(from_upload, upload.file, upload.filename or "")
+            finally:
+                await form.close()
+        elif ctype.startswith("application/json"):
+            try:
+                req = PathRequest.model_validate(await request.json())
+            except ValueError as e:
+                raise HTTPException(400, f'expected JSON {{"path": "relative/path.nii.gz"}}: {e}') from e
+            path = resolve_under(root, req.path)
+            sid, vol = await run_in_threadpool(open_session, path)
+        else:
+            raise HTTPException(415, "send multipart/form-data with a 'file', or JSON {\"path\": ...}")
+        return _info(sid, vol)
+
+    @app.get("/sessions/{sid}", response_model=SessionState)
+    def get_session(sid: str) -> dict[str, Any]:
+        """Geometry and prompt counts of a session."""
+        with store.use(sid) as s:
+            return {**_info(sid, s.volume), "objects": s.num_objects, "clicks": s.num_clicks}
+
+    @contextmanager
+    def prompt(sid: str) -> Iterator[Session]:
+        with store.use(sid) as s:
+            try:
+                yield s
+            except ValueError as e:
+                raise HTTPException(400, " ".join(str(e).split())) from e
+
+    @app.post("/sessions/{sid}/clicks", response_model=PromptResult)
+    def add_click(sid: str, req: ClickRequest) -> PromptResult:
+        """Add a positive or negative click to the current object."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            return _result(s, s.add_click(req.point, positive=req.positive, world=req.world), t0)
+
+    @app.post("/sessions/{sid}/box", response_model=PromptResult)
+    def add_box(sid: str, req: BoxRequest) -> PromptResult:
+        """Segment the current object inside a 3D box given by two opposite corners."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            return _result(s, s.add_box(req.lo, req.hi, world=req.world), t0)
+
+    @app.post("/sessions/{sid}/undo", response_model=PromptResult)
+    def undo(sid: str) -> PromptResult:
+        """Undo the last click, box or new object (400 when there is nothing to undo)."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            return _result(s, s.undo(), t0)
+
+    @app.post("/sessions/{sid}/reset", response_model=PromptResult)
+    def reset(sid: str) -> PromptResult:
+        """Forget all clicks and objects; keep the image."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            s.reset()
+            return _result(s, s.mask, t0)
+
+    @app.post("/sessions/{sid}/objects", response_model=PromptResult)
+    def new_object(sid: str) -> PromptResult:
+        """Start a new object (next label) in the same label map."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            s.new_object()
+            return _result(s, s.mask, t0)
+
+    @app.get(
+        "/sessions/{sid}/labels",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "label map file"}},
+    )
+    def labels(sid: str, format: Literal["nii.gz", "nrrd", "mha"] = "nii.gz") -> Response:
+        """The label map (object n has label n) as a file on the image's grid."""
+        with prompt(sid) as s:
+            tmpdir = tempfile.mkdtemp(prefix="volsam-labels-")
+            try:
+                data = s.save(Path(tmpdir) / f"labels.{format}").read_bytes()
+            finally:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="labels.{format}"'},
+        )
+
+    @app.get(
+        "/sessions/{sid}/overlay",
+        response_class=Response,
+        responses={200: {"content": {"application/gzip": {}}, "description": "gzip of the raw label map"}},
+    )
+    def overlay(sid: str) -> Response:
+        """Label map as gzip-compressed raw bytes in C order of the (X, Y, Z) array; see X-Shape, X-Dtype."""
+        with prompt(sid) as s:
+            lm = s.label_map
+            data = gzip.compress(lm.tobytes(order="C"), compresslevel=1)
+        return Response(
+            data,
+            media_type="application/gzip",
+            headers={"X-Shape": ",".join(map(str, lm.shape)), "X-Dtype": str(lm.dtype), "X-Order": "C"},
+        )
+
+    @app.delete("/sessions/{sid}", status_code=204, response_class=Response)
+    def delete_session(sid: str) -> Response:
+        """Forget a session."""
+        store.remove(sid)
+        return Response(status_code=204)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness and the number of live sessions."""
+        return {"status": "ok", "sessions": len(store), "max_sessions": store.max_sessions}
+
+    return app
