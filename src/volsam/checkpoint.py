@@ -9,15 +9,14 @@ the keys and, where the file fits another registered variant, which one.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from volsam.atomic import atomic_path
 from volsam.modeling import Sam3D
 from volsam.registry import build_model, key_shapes, list_models
 
@@ -176,19 +175,12 @@ def save_checkpoint(model: Sam3D, path: str | Path, **extra: Any) -> Path:
     The official SAM-Med3D code loads this layout; ``extra`` carries training state.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
         else:
             torch.save({"model_state_dict": state, **extra}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

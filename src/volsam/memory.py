@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from volsam.atomic import atomic_path
 
 MEMORY_VERSION = 1
 TOKEN_MODES = ("labelled", "all")
@@ -146,15 +146,9 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
         "weights_sha256": memory.weights_sha256,
         "meta": json.dumps(memory.meta),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {"keys": memory.keys.detach().cpu().contiguous(), "values": memory.values.detach().cpu().contiguous()}
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {"keys": memory.keys.detach().cpu().contiguous(), "values": memory.values.detach().cpu().contiguous()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 

@@ -30,8 +30,6 @@ repeated epochs and every worker read only the window they need and never decomp
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from volsam.atomic import atomic_path
 from volsam.eval.datasets import Case, Target, load_dataset, load_target_mask, resolve_targets, validate_case
 from volsam.io import read_image
 from volsam.transforms import Window, extract_window, normalize_window, voxel_to_world
@@ -182,15 +181,8 @@ class ArrayCache:
         return arr
 
     def _write(self, path: Path, arr: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
 
     def _remember(self, key: str, arr: np.ndarray) -> None:
         size = 0 if isinstance(arr, np.memmap) else int(arr.nbytes)

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+
+from volsam.atomic import atomic_path
+
+
+def test_success_replaces_and_failure_keeps_the_old_file(tmp_path):
+    target = tmp_path / "sub" / "out.bin"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("crash while writing")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in target.parent.iterdir()] == ["out.bin"]  # no temporary file left
