@@ -11,27 +11,16 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import statistics
-import time
 
 import torch
 
-
-def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from benchmarks.timing import median_ms
 
 
 def _gemm_peak() -> float:
     """fp32 GEMM throughput of this machine right now, GFLOP/s (the machine is shared: report ratios)."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    ms = _median_ms(lambda: a @ b, 7)
+    ms = median_ms(lambda: a @ b, 7, warmup=2)
     return 2 * 2048**3 / ms / 1e6
 
 
@@ -52,7 +41,7 @@ def _run(name: str, repeats: int, reference: bool, queue: mp.Queue) -> None:
         with FlopCounterMode(display=False) as counter:
             emb = model.image_encoder(x)
         row["encoder_gflop"] = counter.get_total_flops() / 1e9
-        row["encoder_ms"] = _median_ms(lambda: model.image_encoder(x), repeats)
+        row["encoder_ms"] = median_ms(lambda: model.image_encoder(x), repeats, warmup=2)
         row["encoder_gflops"] = row["encoder_gflop"] / row["encoder_ms"] * 1e3
         prev = torch.zeros(1, 1, 32, 32, 32)
 
@@ -60,14 +49,14 @@ def _run(name: str, repeats: int, reference: bool, queue: mp.Queue) -> None:
             low, _ = model.decode(emb, coords, labels, prev)
             return model.upsample_logits(low) > 0
 
-        row["click_ms"] = _median_ms(click, repeats * 3)
+        row["click_ms"] = median_ms(click, repeats * 3, warmup=2)
         row["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
         if reference:
             from tests.modeling.reference import reference_encoder
 
             sd = model.state_dict()
             cfg = model_config(name).encoder
-            row["padded_reference_ms"] = _median_ms(lambda: reference_encoder(sd, cfg, x), 1, warmup=1)
+            row["padded_reference_ms"] = median_ms(lambda: reference_encoder(sd, cfg, x), 1, warmup=1)
             row["speedup_vs_reference"] = row["padded_reference_ms"] / row["encoder_ms"]
     queue.put(row)
 

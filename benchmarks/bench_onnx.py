@@ -9,23 +9,12 @@ gets two clicks and a previous mask.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 
-
-def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from benchmarks.timing import median_ms
 
 
 def bench(name: str, repeats: int) -> dict[str, float | str]:
@@ -47,12 +36,12 @@ def bench(name: str, repeats: int) -> dict[str, float | str]:
         ort_model = OnnxModel(d, threads=torch.get_num_threads())
         with torch.inference_mode():
             emb = model.image_encoder(x)
-            row["torch_encoder_ms"] = _median_ms(lambda: model.image_encoder(x), repeats)
-            row["torch_decoder_ms"] = _median_ms(lambda: model.decode(emb, coords, labels, prev), repeats * 4)
+            row["torch_encoder_ms"] = median_ms(lambda: model.image_encoder(x), repeats, warmup=1)
+            row["torch_decoder_ms"] = median_ms(lambda: model.decode(emb, coords, labels, prev), repeats * 4, warmup=1)
             low = model.decode(emb, coords, labels, prev)[0]
         ort_emb = ort_model.image_encoder(x)
-        row["ort_encoder_ms"] = _median_ms(lambda: ort_model.image_encoder(x), repeats)
-        row["ort_decoder_ms"] = _median_ms(lambda: ort_model.decode(emb, coords, labels, prev), repeats * 4)
+        row["ort_encoder_ms"] = median_ms(lambda: ort_model.image_encoder(x), repeats, warmup=1)
+        row["ort_decoder_ms"] = median_ms(lambda: ort_model.decode(emb, coords, labels, prev), repeats * 4, warmup=1)
         row["max_abs_diff"] = max(
             (ort_emb - emb).abs().max().item(),
             (ort_model.decode(emb, coords, labels, prev)[0] - low).abs().max().item(),

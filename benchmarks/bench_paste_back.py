@@ -1,15 +1,14 @@
 """Benchmark :func:`volsam.transforms.paste_back` on a 256x256x200 volume (median ms after warm-up).
 
-Run: ``.venv/bin/python benchmarks/bench_paste_back.py``. Cases: an axis-aligned RAS volume, an
+Run from the repository root: ``python -m benchmarks.bench_paste_back``. Cases: an axis-aligned RAS volume, an
 LPS-like flipped and axis-permuted one (both the fast separable path) and an oblique one (general path).
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
+from benchmarks.timing import median_ms
 from volsam.transforms import extract_window, paste_back, window_for_point
 
 SHAPE = (256, 256, 200)
@@ -34,17 +33,6 @@ CASES = {
 }
 
 
-def _median_ms(fn: object, repeats: int = 30, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()  # type: ignore[operator]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
 def main() -> None:
     """Print the median paste_back (and extract_window) time per geometry."""
     rng = np.random.default_rng(0)
@@ -54,9 +42,9 @@ def main() -> None:
     image = np.asfortranarray(rng.random(SHAPE, dtype=np.float32))  # read_image returns F-order arrays
     for name, affine in CASES.items():
         window = window_for_point(affine, np.array(SHAPE) / 2 + 10)
-        paste = _median_ms(lambda w=window, a=affine: paste_back(logits, w, SHAPE, a))
-        paste_ball = _median_ms(lambda w=window, a=affine: paste_back(ball, w, SHAPE, a))
-        extract = _median_ms(lambda w=window, a=affine: extract_window(image, a, w), repeats=5, warmup=1)
+        paste = median_ms(lambda w=window, a=affine: paste_back(logits, w, SHAPE, a), 30, warmup=3)
+        paste_ball = median_ms(lambda w=window, a=affine: paste_back(ball, w, SHAPE, a), 30, warmup=3)
+        extract = median_ms(lambda w=window, a=affine: extract_window(image, a, w), 5, warmup=1)
         print(
             f"{name:34s} paste_back {paste:7.1f} ms (window full), {paste_ball:6.1f} ms (40 mm ball)   "
             f"extract_window {extract:7.1f} ms"
