@@ -46,11 +46,18 @@ class _Click(argparse.Action):
         namespace.clicks = clicks
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="registered model name or checkpoint path (default: shipped model)")
+def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, device: bool = True) -> None:
+    """--model (+ --decoder-checkpoint, --trust-checkpoint and, unless ``device=False``, --device)."""
+    if required:
+        p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    else:
+        p.add_argument(
+            "--model", default=None, help="registered model name or checkpoint path (default: shipped model)"
+        )
     p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    if device:
+        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -248,9 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="memory_command", required=True)
     p = msub.add_parser("build", help="memorise one encoder block's keys/values over a labelled dataset")
     p.add_argument("--data", required=True, help="nnU-Net raw folder, images/+labels/ folder, CSV, or colin27-aal")
-    p.add_argument("--model", required=True, help="registered model name or checkpoint path")
-    p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
+    _add_model_args(p, required=True, device=False)
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--block", type=int, required=True, help="encoder block (with attention) to memorise")
     p.add_argument("--tokens", choices=("labelled", "all"), default="labelled", help="default: labelled")
@@ -313,9 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The decoder takes image_embeddings, point_coords [1,N,3] float32, point_labels [1,N] int64, "
         "mask_input [1,1,32,32,32] and has_mask_input [1] (0: no mask prompt); see volsam.export.",
     )
-    p.add_argument("--model", default=None, help="registered model name or checkpoint path (default: shipped model)")
-    p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
+    _add_model_args(p, device=False)
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
