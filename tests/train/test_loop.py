@@ -33,7 +33,10 @@ def test_mask_only_rounds():
 
 def test_resume_repeats_the_uninterrupted_run(toy_data: Path, tmp_path: Path):
     data = TrainDataset.from_dataset(toy_data, augment=AugmentConfig(), seed=2)
-    cfg = TrainConfig(steps=4, rounds=3, mask_only_rounds=1, lr=1e-3, save_every=2, seed=2)
+    cfg = TrainConfig(
+        steps=4, rounds=3, mask_only_rounds=1, lr=1e-3, save_every=2, seed=2, warmup_steps=2, lr_schedule="cosine",
+        loss="balanced",
+    )
     full = train(_model(), data, tmp_path / "full", cfg, model_name=MODEL)
     first = train(_model(), data, tmp_path / "cut", replace(cfg, steps=2), model_name=MODEL)
     # a fresh model object: everything (weights, optimizer, step, RNG) must come from latest.pt
@@ -43,6 +46,8 @@ def test_resume_repeats_the_uninterrupted_run(toy_data: Path, tmp_path: Path):
     rows = TrainLog.read(tmp_path / "cut" / "train_log.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert [float(r["loss"]) for r in rows] == full.losses
+    # warm-up then cosine, a function of the step: the resumed half follows the same curve
+    assert [float(r["lr"]) for r in rows] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-5])
     a = torch.load(tmp_path / "full" / "latest.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "latest.pt", weights_only=True)
     assert all(torch.equal(a["model_state_dict"][k], v) for k, v in b["model_state_dict"].items())

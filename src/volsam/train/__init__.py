@@ -47,6 +47,12 @@ def _add_optim_arguments(p: argparse.ArgumentParser, lr: float, encoder_lr: floa
     g.add_argument("--rounds", type=int, default=5, help="interaction rounds per batch")
     g.add_argument("--mask-only-rounds", type=int, default=2, help="rounds without a new click")
     g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy in Dice+CE (SAM-Med3D: 1)")
+    g.add_argument(
+        "--loss", default="dicece", choices=["dicece", "balanced"],
+        help="dicece: SAM-Med3D's Dice+CE; balanced: Dice + class-balanced CE (training from scratch)",
+    )
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up, optimizer steps")
+    g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="after warm-up")
     g.add_argument("--click-protocol", default="random", help="simulator of later clicks: random, dt, cvpr25")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")

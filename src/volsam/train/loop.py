@@ -5,8 +5,9 @@ voxel of the target (:func:`volsam.prompts.first_click`); later rounds click on 
 simulator evaluation uses (:func:`volsam.prompts.simulate_click`, ``"random"`` by default) at the 128^3
 window resolution, except ``mask_only_rounds`` rounds (the last one and random middle ones, as
 SAM-Med3D does) that add no click. Every round the decoder gets all clicks so far and the previous
-round's low-res logits (detached; zeros in round 0) as the mask prompt. The loss is MONAI's
-``DiceCELoss(sigmoid=True)`` on the upsampled [B, 1, 128^3] logits, summed over rounds.
+round's low-res logits (detached; zeros in round 0) as the mask prompt. The loss (SAM-Med3D's
+``DiceCELoss(sigmoid=True)`` by default, :mod:`volsam.train.losses`) is taken on the upsampled
+[B, 1, 128^3] logits and summed over rounds.
 
 Optimisation: AdamW with two parameter groups (image encoder at ``encoder_lr``, the rest at ``lr``),
 gradient accumulation, bf16 autocast on CUDA only (fp32 on CPU, where bf16 is ~100x slower), optional
@@ -45,6 +46,7 @@ from volsam.eval import metrics
 from volsam.modeling import Sam3D
 from volsam.prompts import CLICK_PROTOCOLS, first_click, simulate_click
 from volsam.train.data import StepSampler, TrainDataset, make_loader
+from volsam.train.losses import LOSSES, make_loss
 
 __all__ = [
     "LOG_COLUMNS",
@@ -101,9 +103,13 @@ class TrainConfig:
         max_grad_norm: clip the global gradient norm to this (None = no clipping).
         rounds: interaction rounds per batch.
         mask_only_rounds: rounds without a new click (the last, then random middle rounds).
-        ce_weight: weight of the cross-entropy term of ``DiceCELoss`` (1.0 in SAM-Med3D). Lower values
-            keep a model trained from scratch from settling on empty masks, where the saturated sigmoid
-            leaves the Dice term almost no gradient.
+        ce_weight: weight of the cross-entropy term (1.0 in SAM-Med3D).
+        loss: ``dicece`` (SAM-Med3D's Dice + CE) or ``balanced`` (Dice + class-balanced CE, which keeps
+            a model trained from scratch off empty masks; :mod:`volsam.train.losses`).
+        warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
+        lr_schedule: ``constant`` or ``cosine`` (decay to ``min_lr_ratio`` x lr at the last step, after
+            warm-up). The rate is a function of the step alone, so a resumed run follows the same curve.
+        min_lr_ratio: floor of the cosine schedule, as a fraction of the peak rate.
         click_protocol: simulator of later clicks (:data:`volsam.prompts.CLICK_PROTOCOLS`).
         seed: seed of every random draw.
         workers: DataLoader worker processes.
@@ -126,6 +132,10 @@ class TrainConfig:
     rounds: int = 5
     mask_only_rounds: int = 2
     ce_weight: float = 1.0
+    loss: str = "dicece"
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.05
     click_protocol: str = "random"
     seed: int = 0
     workers: int = 0
@@ -145,12 +155,30 @@ class TrainConfig:
             )
         if self.click_protocol not in CLICK_PROTOCOLS:
             raise ValueError(f"unknown click protocol {self.click_protocol!r}; valid: {', '.join(CLICK_PROTOCOLS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"expected warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {self.warmup_steps}, {self.min_lr_ratio}"
+            )
         if self.save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {self.save_every}")
 
     @property
     def enc_lr(self) -> float:
         return self.lr if self.encoder_lr is None else self.encoder_lr
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the peak learning rates at optimizer step ``step`` (0-based) of ``total``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        span = max(total - self.warmup_steps - 1, 1)
+        t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def total_steps(self, num_pairs: int, world: int = 1) -> int:
         """Optimizer steps of the run: ``steps``, or ``ceil(epochs * num_pairs / global batch)``."""
@@ -435,13 +463,11 @@ class InteractiveTask:
         device: torch.device,
         trainable: Sequence[str] = ("image_encoder", "prompt_encoder", "mask_decoder"),
     ) -> None:
-        from monai.losses import DiceCELoss
-
         self.model = model
         self.cfg = cfg
         self.device = device
         self.trainable = tuple(trainable)
-        self.loss_fn = DiceCELoss(sigmoid=True, lambda_ce=cfg.ce_weight)
+        self.loss_fn = make_loss(cfg.loss, cfg.ce_weight)
         self.encoder_trains = any(t.startswith("image_encoder") for t in self.trainable)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(self.trainable))
@@ -609,13 +635,18 @@ def fit(
         return result
     sampler = StepSampler(start, phase.steps, cfg.batch_size, cfg.accum, rank, world)
     batches = iter(make_loader(dataset, sampler, cfg.workers))
-    lr_of = {g.get("name", str(i)): g["lr"] for i, g in enumerate(groups)}
+    for i, g in enumerate(groups):
+        g.setdefault("name", str(i))
+    lr_of = {g["name"]: g["lr"] for g in groups}
     progress = _progress(cfg.progress and rank == 0, phase, start)
     t_start = time.perf_counter()
     try:
         for step in range(start, phase.steps):
             t0 = time.perf_counter()
             task.train_mode()
+            factor = cfg.lr_factor(step, phase.steps)
+            for g in opt.param_groups:
+                g["lr"] = lr_of[g.get("name", "")] * factor
             opt.zero_grad(set_to_none=True)
             vals = np.zeros(3)
             for _ in range(cfg.accum):
@@ -649,8 +680,8 @@ def fit(
                 "loss": loss_v,
                 "loss_first": first_v,
                 "loss_last": last_v,
-                "lr": lr_of.get("decoder"),
-                "encoder_lr": lr_of.get("encoder"),
+                "lr": None if "decoder" not in lr_of else lr_of["decoder"] * factor,
+                "encoder_lr": None if "encoder" not in lr_of else lr_of["encoder"] * factor,
                 "samples_per_s": gbatch / dt,
                 "elapsed_s": time.perf_counter() - t_start,
                 "val_dice_first": None if val is None else val["val_dice_first"],
@@ -865,6 +896,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         rounds=args.rounds,
         mask_only_rounds=args.mask_only_rounds,
         ce_weight=args.ce_weight,
+        loss=args.loss,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
         click_protocol=args.click_protocol,
         seed=args.seed,
         workers=args.workers,
