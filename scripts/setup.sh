@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh Debian machine: system data packages and a virtual environment.
+# One-time set-up on a fresh Debian machine: system packages, a virtual environment, the viewer's files.
+#   bash scripts/setup.sh          what `volsam` needs (mricron-data, npm for the viewer build)
+#   bash scripts/setup.sh --test   also what the test suite needs (Debian's chromium for the viewer test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! dpkg -s mricron-data >/dev/null 2>&1; then
+want=(mricron-data)
+command -v npm >/dev/null 2>&1 || want+=(npm)
+if [ "${1:-}" = "--test" ]; then
+    command -v chromium >/dev/null 2>&1 || want+=(chromium)
+fi
+missing=()
+for p in "${want[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mricron-data >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
@@ -13,3 +24,5 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
+# NiiVue (npm) into the package's static files, so `volsam serve` needs no CDN.
+bash scripts/build_viewer.sh

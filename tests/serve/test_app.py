@@ -191,6 +191,50 @@ def test_missing_and_bad_files(client, data_root):
     assert _upload(client, b"junk", name="x.nii").status_code == 400
 
 
+def test_overlay_in_nifti_order_and_image_download(client, nifti_bytes, truth, tmp_path):
+    sid = _new(client, nifti_bytes)
+    client.post(f"/sessions/{sid}/clicks", json={"point": CENTRE})
+    ov = client.get(f"/sessions/{sid}/overlay", params={"order": "F"})
+    assert ov.headers["X-Order"] == "F"
+    lm = np.frombuffer(gzip.decompress(ov.content), dtype=ov.headers["X-Dtype"]).reshape(SHAPE, order="F")
+    assert dice(lm == 1, truth) == pytest.approx(1.0)
+    assert client.get(f"/sessions/{sid}/overlay", params={"order": "Z"}).status_code == 422
+    img = client.get(f"/sessions/{sid}/image")
+    assert img.status_code == 200
+    (tmp_path / "img.nii.gz").write_bytes(img.content)
+    got = nib.load(tmp_path / "img.nii.gz")
+    assert np.allclose(got.affine, AFFINE)
+    original = nib.load(_save(tmp_path, nifti_bytes))
+    assert np.allclose(got.get_fdata(), original.get_fdata(), atol=1e-4)
+
+
+def _save(tmp_path: Path, data: bytes) -> Path:
+    p = tmp_path / "orig.nii.gz"
+    p.write_bytes(data)
+    return p
+
+
+def test_demo_session_opens_the_bundled_volume(client):
+    from volsam.demo import DEMO_IMAGE
+
+    r = client.post("/sessions/demo")
+    assert r.status_code == 201, r.text
+    assert r.json()["shape"] == list(nib.load(DEMO_IMAGE).shape)
+
+
+def test_viewer_page_is_served_without_the_token(model):
+    from volsam.serve.app import STATIC_DIR
+
+    if not (STATIC_DIR / "vendor" / "niivue.umd.js").is_file():
+        pytest.skip("viewer not built: scripts/build_viewer.sh")
+    with TestClient(_app(model, token="s3cret")) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "niivue.umd.js" in page.text
+        assert c.get("/static/viewer.js").status_code == 200
+        assert c.get("/static/vendor/niivue.umd.js").status_code == 200
+        assert c.post("/sessions/demo").status_code == 401  # the API still needs it
+
+
 def test_token_is_required_when_set(model, nifti_bytes):
     with TestClient(_app(model, token="s3cret")) as c:
         assert _upload(c, nifti_bytes).status_code == 401

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -63,7 +64,7 @@ def test_learning_rate_schedule():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
     f = [cfg.lr_factor(s, 100) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
-    assert f[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert f[-1] == pytest.approx(0.1) and all(a >= b for a, b in itertools.pairwise(f[10:]))
     assert TrainConfig(steps=5).lr_factor(3, 5) == 1.0
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(steps=1, lr_schedule="step")

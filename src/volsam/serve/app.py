@@ -47,17 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from volsam.io import ImageReadError, Volume, read_image
+from volsam.io import ImageReadError, Volume, nifti_bytes, read_image
 from volsam.session import Session
 
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
+STATIC_DIR = Path(__file__).parent / "static"
 _TOMBSTONES = 4096
 _CHUNK = 1 << 20
 
@@ -296,9 +298,11 @@ def create_app(
         title="volsam",
         summary="Promptable 3D segmentation of CT/MRI volumes",
         description=__doc__ or "",
-        dependencies=[Depends(check_token)],
     )
     app.state.store = store
+    # The API needs the token; the viewer's page and scripts (no data in them) do not, so a browser can
+    # load them and then send the token the user types with every API call.
+    api = APIRouter(dependencies=[Depends(check_token)])
 
     def open_session(path: Path) -> tuple[str, Volume]:
         check_self_contained(path)
@@ -341,7 +345,7 @@ def create_app(
         }
     }
 
-    @app.post("/sessions", response_model=SessionInfo, status_code=201, openapi_extra=upload_schema)
+    @api.post("/sessions", response_model=SessionInfo, status_code=201, openapi_extra=upload_schema)
     async def create_session(request: Request) -> dict[str, Any]:
         """Create a session from an uploaded image (multipart field ``file``) or ``{"path"}`` under the data root."""
         ctype = request.headers.get("content-type", "")
@@ -368,7 +372,7 @@ def create_app(
             raise HTTPException(415, "send multipart/form-data with a 'file', or JSON {\"path\": ...}")
         return _info(sid, vol)
 
-    @app.get("/sessions/{sid}", response_model=SessionState)
+    @api.get("/sessions/{sid}", response_model=SessionState)
     def get_session(sid: str) -> dict[str, Any]:
         """Geometry and prompt counts of a session."""
         with store.use(sid) as s:
@@ -382,28 +386,28 @@ def create_app(
             except ValueError as e:
                 raise HTTPException(400, " ".join(str(e).split())) from e
 
-    @app.post("/sessions/{sid}/clicks", response_model=PromptResult)
+    @api.post("/sessions/{sid}/clicks", response_model=PromptResult)
     def add_click(sid: str, req: ClickRequest) -> PromptResult:
         """Add a positive or negative click to the current object."""
         with prompt(sid) as s:
             t0 = time.perf_counter()
             return _result(s, s.add_click(req.point, positive=req.positive, world=req.world), t0)
 
-    @app.post("/sessions/{sid}/box", response_model=PromptResult)
+    @api.post("/sessions/{sid}/box", response_model=PromptResult)
     def add_box(sid: str, req: BoxRequest) -> PromptResult:
         """Segment the current object inside a 3D box given by two opposite corners."""
         with prompt(sid) as s:
             t0 = time.perf_counter()
             return _result(s, s.add_box(req.lo, req.hi, world=req.world), t0)
 
-    @app.post("/sessions/{sid}/undo", response_model=PromptResult)
+    @api.post("/sessions/{sid}/undo", response_model=PromptResult)
     def undo(sid: str) -> PromptResult:
         """Undo the last click, box or new object (400 when there is nothing to undo)."""
         with prompt(sid) as s:
             t0 = time.perf_counter()
             return _result(s, s.undo(), t0)
 
-    @app.post("/sessions/{sid}/reset", response_model=PromptResult)
+    @api.post("/sessions/{sid}/reset", response_model=PromptResult)
     def reset(sid: str) -> PromptResult:
         """Forget all clicks and objects; keep the image."""
         with prompt(sid) as s:
@@ -411,7 +415,7 @@ def create_app(
             s.reset()
             return _result(s, s.mask, t0)
 
-    @app.post("/sessions/{sid}/objects", response_model=PromptResult)
+    @api.post("/sessions/{sid}/objects", response_model=PromptResult)
     def new_object(sid: str) -> PromptResult:
         """Start a new object (next label) in the same label map."""
         with prompt(sid) as s:
@@ -419,7 +423,7 @@ def create_app(
             s.new_object()
             return _result(s, s.mask, t0)
 
-    @app.get(
+    @api.get(
         "/sessions/{sid}/labels",
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}, "description": "label map file"}},
@@ -438,31 +442,79 @@ def create_app(
             headers={"Content-Disposition": f'attachment; filename="labels.{format}"'},
         )
 
-    @app.get(
+    @api.get(
         "/sessions/{sid}/overlay",
         response_class=Response,
         responses={200: {"content": {"application/gzip": {}}, "description": "gzip of the raw label map"}},
     )
-    def overlay(sid: str) -> Response:
-        """Label map as gzip-compressed raw bytes in C order of the (X, Y, Z) array; see X-Shape, X-Dtype."""
+    def overlay(sid: str, order: Literal["C", "F"] = "C") -> Response:
+        """Label map as gzip-compressed raw bytes of the (X, Y, Z) array in C order (k fastest) or F order
+        (i fastest, NIfTI's voxel order); see X-Shape, X-Dtype, X-Order."""
         with prompt(sid) as s:
             lm = s.label_map
-            data = gzip.compress(lm.tobytes(order="C"), compresslevel=1)
+            data = gzip.compress(lm.tobytes(order=order), compresslevel=1)
         return Response(
             data,
             media_type="application/gzip",
-            headers={"X-Shape": ",".join(map(str, lm.shape)), "X-Dtype": str(lm.dtype), "X-Order": "C"},
+            headers={"X-Shape": ",".join(map(str, lm.shape)), "X-Dtype": str(lm.dtype), "X-Order": order},
         )
 
-    @app.delete("/sessions/{sid}", status_code=204, response_class=Response)
+    @api.get(
+        "/sessions/{sid}/image",
+        response_class=Response,
+        responses={200: {"content": {"application/gzip": {}}, "description": "the image as .nii.gz"}},
+    )
+    def image(sid: str) -> Response:
+        """The session's image as a gzip-compressed NIfTI-1 file (what the viewer displays)."""
+        with store.use(sid) as s:
+            vol = s.volume
+        return Response(
+            nifti_bytes(vol.array, vol),
+            media_type="application/gzip",
+            headers={"Content-Disposition": 'attachment; filename="image.nii.gz"'},
+        )
+
+    @api.post("/sessions/demo", response_model=SessionInfo, status_code=201)
+    def create_demo_session() -> dict[str, Any]:
+        """Create a session on volsam's bundled demo volume (a crop of the Colin27 T1, see volsam.demo)."""
+        from volsam.demo import DEMO_IMAGE
+
+        sid, vol = open_session(DEMO_IMAGE)
+        return _info(sid, vol)
+
+    @api.delete("/sessions/{sid}", status_code=204, response_class=Response)
     def delete_session(sid: str) -> Response:
         """Forget a session."""
         store.remove(sid)
         return Response(status_code=204)
 
-    @app.get("/health")
+    @api.get("/health")
     def health() -> dict[str, Any]:
         """Liveness and the number of live sessions."""
         return {"status": "ok", "sessions": len(store), "max_sessions": store.max_sessions}
 
+    app.include_router(api)
+    _mount_viewer(app)
     return app
+
+
+def _mount_viewer(app: FastAPI) -> None:
+    """Serve the NiiVue viewer at ``/`` and its files at ``/static`` (see ``scripts/build_viewer.sh``)."""
+    if not (STATIC_DIR / "vendor" / "niivue.umd.js").is_file():
+
+        @app.get("/", include_in_schema=False)
+        def no_viewer() -> Response:
+            return Response(
+                "volsam's viewer is not built in this installation: run scripts/build_viewer.sh "
+                "(needs npm). The REST API is at /docs.",
+                status_code=503,
+                media_type="text/plain",
+            )
+
+        return
+
+    @app.get("/", include_in_schema=False)
+    def viewer() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
