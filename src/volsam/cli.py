@@ -60,6 +60,20 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, devic
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """--precision and --attention (volsam.runtime.choose_runtime; unsupported choices fall back)."""
+    from volsam.runtime import ATTENTION, PRECISIONS
+
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a CUDA GPU, fp32 on CPU"
+    )
+    p.add_argument("--attention", default="auto", choices=ATTENTION, help="SDPA kernel (flash: CUDA + bf16/fp16)")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"volsam: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from volsam.io import image_info
 
@@ -101,6 +115,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         clip=tuple(args.clip) if args.clip else None,
         decoder_checkpoint=args.decoder_checkpoint,
         trust_checkpoint=args.trust_checkpoint,
+        precision=args.precision,
+        attention=args.attention,
     )
     _err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
@@ -290,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
     p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")
     _add_model_args(p)
+    _add_runtime_args(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser(
@@ -337,8 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning  # a CLI user gets one line per warning, not a traceback frame
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -350,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"volsam: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

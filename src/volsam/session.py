@@ -36,6 +36,7 @@ from volsam.checkpoint import load_checkpoint
 from volsam.io import Volume, read_image, volume_from_array, write_mask
 from volsam.modeling import Sam3D
 from volsam.registry import DEFAULT_MODEL, build_model, list_models
+from volsam.runtime import choose_runtime
 from volsam.transforms import (
     Window,
     extract_window,
@@ -130,6 +131,9 @@ class Session:
         max_windows: windows per object when a target grows past the window border.
         overwrite: whether a newer object may overwrite voxels of earlier ones.
         cache_size: window embeddings kept (least recently used are dropped).
+        precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16, SDPA
+            and ``torch.compile`` on a CUDA GPU; fp32 without compilation on CPU; what the device cannot
+            run falls back with a warning).
     """
 
     def __init__(
@@ -145,16 +149,23 @@ class Session:
         box_margin_mm: float = 1.5,
         decoder_checkpoint: str | Path | None = None,
         trust_checkpoint: bool = False,
+        precision: str = "auto",
+        attention: str = "auto",
+        compile: bool | None = None,
     ) -> None:
         if device is None:
             onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
             device = "cuda" if torch.cuda.is_available() and not onnx else "cpu"
         if max_windows < 1:
             raise ValueError(f"max_windows must be >= 1, got {max_windows}")
-        self.device = torch.device(device)
+        self.runtime = choose_runtime(device, precision, attention, compile)
+        self.device = self.runtime.device
         self.model = resolve_model(
             model, self.device, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
         )
+        self._encode = self.runtime.maybe_compile(self.model.image_encoder)
+        # The click path repeats the same shapes, so CUDA graphs (reduce-overhead) pay off there.
+        self._decode = self.runtime.maybe_compile(self.model.decode, mode="reduce-overhead")
         self.size = self.model.img_size
         self.spacing = float(spacing)
         self.clip = clip
@@ -210,8 +221,8 @@ class Session:
         t0 = time.perf_counter()
         x = extract_window(self._image, self.volume.affine, window, order=1)
         x = normalize_window(x, self.clip)
-        with torch.inference_mode():
-            emb = self.model.image_encoder(torch.from_numpy(x)[None, None].to(self.device))
+        with self.runtime.context():
+            emb = self._encode(torch.from_numpy(x)[None, None].to(self.device))
         self._cache[window] = emb
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -312,9 +323,9 @@ class Session:
         labels = torch.tensor([lab for _, lab in ws.clicks], dtype=torch.long, device=self.device)[None]
         g = self.size // 4
         prev = ws.logits if ws.logits is not None else torch.zeros(1, 1, g, g, g, device=self.device)
-        with torch.inference_mode():
-            low, _ = self.model.decode(emb, coords, labels, prev)
-            ws.logits = low
+        with self.runtime.context():
+            low, _ = self._decode(emb, coords, labels, prev)
+            ws.logits = low = low.float()
             ws.mask = self.model.upsample_mask(low).cpu().numpy()
         self.timings.decode_ms += (time.perf_counter() - t0) * 1e3
 
