@@ -117,6 +117,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         precision=args.precision,
         attention=args.attention,
+        memory=args.memory,
     )
     _err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
@@ -171,6 +172,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         decoder_checkpoint=args.decoder_checkpoint,
         trust_checkpoint=args.trust_checkpoint,
+        memory=args.memory,
     )
     print(summary.markdown(), end="")
     for case, why in summary.skipped:
@@ -307,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")
     _add_model_args(p)
     _add_runtime_args(p)
+    p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser(
@@ -327,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
+    p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -41,6 +41,9 @@ class Memory:
         weights_sha256: :func:`weights_sha256` of that model.
         version: file-format version (:data:`MEMORY_VERSION`).
         meta: JSON-serialisable extras (data source, token mode, counts).
+        gate_logits: [H] per-head gate logits trained by ``volsam train --memory`` (None: untrained, the
+            gate stays closed and the memory changes nothing).
+        top_k: keys retrieved per query and head.
     """
 
     keys: torch.Tensor
@@ -50,8 +53,14 @@ class Memory:
     weights_sha256: str
     version: int = MEMORY_VERSION
     meta: dict[str, Any] = field(default_factory=dict)
+    gate_logits: torch.Tensor | None = None
+    top_k: int = 32
 
     def __post_init__(self) -> None:
+        if self.gate_logits is not None and tuple(self.gate_logits.shape) != (self.keys.shape[0],):
+            raise ValueError(
+                f"gate_logits must be [H={self.keys.shape[0]}], got {tuple(self.gate_logits.shape)}"
+            )
         if self.keys.ndim != 3 or self.keys.shape != self.values.shape:
             raise ValueError(
                 f"memory keys and values must both be [H, M, hd], got {tuple(self.keys.shape)} and "
@@ -145,8 +154,11 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
         "model_name": memory.model_name,
         "weights_sha256": memory.weights_sha256,
         "meta": json.dumps(memory.meta),
+        "top_k": str(memory.top_k),
     }
     tensors = {"keys": memory.keys.detach().cpu().contiguous(), "values": memory.values.detach().cpu().contiguous()}
+    if memory.gate_logits is not None:
+        tensors["gate_logits"] = memory.gate_logits.detach().float().cpu().contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return path
@@ -165,6 +177,7 @@ def load_memory(path: str | Path) -> Memory:
             if header.get("format") != "volsam.memory":
                 raise ValueError(f"{path} is not a volsam memory file")
             keys, values = f.get_tensor("keys"), f.get_tensor("values")
+            gates = f.get_tensor("gate_logits") if "gate_logits" in f.keys() else None
     except ValueError:
         raise
     except Exception as e:  # safetensors raises its own error types for corrupt files
@@ -177,6 +190,8 @@ def load_memory(path: str | Path) -> Memory:
         weights_sha256=header["weights_sha256"],
         version=int(header["version"]),
         meta=json.loads(header.get("meta", "{}")),
+        gate_logits=gates,
+        top_k=int(header.get("top_k", 32)),
     )
 
 
@@ -212,6 +227,31 @@ def block_qkv(model: nn.Module, image: torch.Tensor, block: int) -> tuple[torch.
     n = xn[0, ..., 0].numel()
     qkv = attn.qkv(xn).reshape(n, 3, attn.num_heads, attn.head_dim).permute(1, 2, 0, 3)  # 3, H, N, hd
     return qkv[0], qkv[1], qkv[2]
+
+
+def use_memory(model: nn.Module, memory: str | Path | Memory, *, gate_init: float | None = None) -> Memory:
+    """Load ``memory`` (a path or a :class:`Memory`) and attach it, in place, to its block of ``model``.
+
+    The memory's trained gates are used (``gate_init`` overrides them, e.g. to start gate training). A
+    memory built by another model (weights hash) or for a missing block is refused with ``ValueError``;
+    one whose gates were never trained gets a warning, since its closed gate changes nothing.
+    """
+    import warnings
+
+    from volsam.modeling.memory_attention import attach_memory
+
+    mem = memory if isinstance(memory, Memory) else load_memory(memory)
+    if not isinstance(model, nn.Module) or not hasattr(model, "image_encoder"):
+        raise ValueError(f"a memory needs a PyTorch Sam3D model, got {type(model).__name__}")
+    if mem.gate_logits is None and gate_init is None:
+        warnings.warn(
+            f"memory {memory if not isinstance(memory, Memory) else ''} has no trained gate, so it changes "
+            "nothing; train one with `volsam train --memory`",
+            UserWarning,
+            stacklevel=2,
+        )
+    attach_memory(model, mem, mem.block, gate_init=gate_init)
+    return mem
 
 
 def build_memory(

@@ -131,6 +131,8 @@ class Session:
         max_windows: windows per object when a target grows past the window border.
         overwrite: whether a newer object may overwrite voxels of earlier ones.
         cache_size: window embeddings kept (least recently used are dropped).
+        memory: a Memorizing-SAM memory file (``volsam memory build`` + ``volsam train --memory``) attached
+            in place to its encoder block of the model.
         precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16, SDPA
             and ``torch.compile`` on a CUDA GPU; fp32 without compilation on CPU; what the device cannot
             run falls back with a warning).
@@ -152,6 +154,7 @@ class Session:
         precision: str = "auto",
         attention: str = "auto",
         compile: bool | None = None,
+        memory: str | Path | None = None,
     ) -> None:
         if device is None:
             onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
@@ -163,6 +166,10 @@ class Session:
         self.model = resolve_model(
             model, self.device, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
         )
+        if memory is not None:
+            from volsam.memory import use_memory
+
+            use_memory(self.model, memory)
         self._encode = self.runtime.maybe_compile(self.model.image_encoder)
         # The click path repeats the same shapes, so CUDA graphs (reduce-overhead) pay off there.
         self._decode = self.runtime.maybe_compile(self.model.decode, mode="reduce-overhead")

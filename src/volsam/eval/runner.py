@@ -511,6 +511,7 @@ def evaluate(
     trust_checkpoint: bool = False,
     session_factory: SessionFactory | None = None,
     write: bool = True,
+    memory: str | Path | None = None,
 ) -> Summary:
     """Run a simulated-click protocol over a dataset and write the reports (see the module docstring).
 
@@ -533,6 +534,7 @@ def evaluate(
         session_factory: zero-argument callable returning a Session-like object, used instead of
             building a Session from ``model`` (picklable when ``workers > 1``); for tests.
         write: write the report files (``Summary.files``).
+        memory: Memorizing-SAM memory file attached to the model (:func:`volsam.memory.use_memory`).
 
     Raises:
         ValueError: bad protocol, clicks, workers, seed or labels; FileNotFoundError: no such dataset.
@@ -562,6 +564,10 @@ def evaluate(
     injected = session_factory is not None
     if session_factory is None:
         net = _resolve_model(model, cfg.seed, None if workers > 1 else device, decoder_checkpoint, trust_checkpoint)
+        if memory is not None:
+            from volsam.memory import use_memory
+
+            use_memory(net, memory)
         session_factory = _SessionFactory(net, device, tuple(clip) if clip is not None else None)
 
     case_results, best, worst = _run_all(cases, cfg, session_factory, int(workers), progress)

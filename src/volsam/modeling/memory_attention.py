@@ -174,8 +174,8 @@ def attach_memory(
     memory: Any,
     block: int,
     *,
-    top_k: int = 32,
-    gate_init: float = CLOSED_LOGIT,
+    top_k: int | None = None,
+    gate_init: float | None = None,
 ) -> MemoryHandle:
     """Wrap ``model.image_encoder.blocks[block].attn`` in a :class:`MemoryAttention` (in place).
 
@@ -184,8 +184,9 @@ def attach_memory(
         memory: a :class:`volsam.memory.Memory` (checked against the model and block with
             :func:`volsam.memory.check_memory`) or a ``(keys, values)`` pair of [H, M, hd] tensors.
         block: encoder block index; it must have attention.
-        top_k: keys retrieved per query and head.
-        gate_init: initial per-head gate logit (default closed: output unchanged).
+        top_k: keys retrieved per query and head (None: the memory's own, else 32).
+        gate_init: per-head gate logit for every head; None takes a Memory's trained ``gate_logits``
+            when it has them, else closed (output unchanged).
 
     Returns:
         a :class:`MemoryHandle`; :func:`detach_memory` undoes the swap.
@@ -195,8 +196,11 @@ def attach_memory(
 
         check_memory(memory, model, block)
         keys, values = memory.keys, memory.values
+        trained = memory.gate_logits if gate_init is None else None
+        top_k = memory.top_k if top_k is None else top_k
     else:
         keys, values = memory
+        trained = None
     blocks = model.image_encoder.blocks
     if not 0 <= block < len(blocks):
         raise ValueError(f"block {block} out of range: the encoder has {len(blocks)} blocks")
@@ -205,7 +209,11 @@ def attach_memory(
         raise ValueError(f"block {block} already has a memory attached; detach_memory(model) first")
     if not isinstance(attn, RelPosAttention):
         raise ValueError(f"block {block} has no attention (MLP-only block); choose a block with attention")
-    wrapper = MemoryAttention(attn, keys, values, top_k=top_k, gate_init=gate_init)
+    k = 32 if top_k is None else top_k
+    wrapper = MemoryAttention(attn, keys, values, top_k=k, gate_init=CLOSED_LOGIT if gate_init is None else gate_init)
+    if trained is not None:
+        with torch.no_grad():
+            wrapper.gate_logit.copy_(trained.to(wrapper.gate_logit))
     wrapper.train(attn.training)
     blocks[block].attn = wrapper
     return MemoryHandle(wrapper, block, attn)

@@ -72,6 +72,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     n = p.add_mutually_exclusive_group(required=True)
     n.add_argument("--steps", type=int, help="optimizer steps")
     n.add_argument("--epochs", type=float, help="epochs over the (case, target) pairs")
+    p.add_argument(
+        "--memory", default=None,
+        help="Memorizing SAM: train only the per-head gates of this memory (volsam memory build) on --init's "
+        "model; writes OUT/memory.safetensors with the trained gates",
+    )
+    p.add_argument("--memory-gate-init", type=float, default=-4.0, help="initial gate logit (sigmoid -4 = 0.018)")
     _add_data_arguments(p)
     _add_optim_arguments(p, lr=1e-4, encoder_lr=None)
 

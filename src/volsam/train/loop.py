@@ -791,6 +791,7 @@ def train(
     val_data: TrainDataset | None = None,
     overwrite: bool = False,
     echo: Callable[[str], None] | None = None,
+    trainable: Sequence[str] | None = None,
 ) -> FitResult:
     """Train (or fine-tune) ``model`` on ``data`` with SAM-Med3D's interactive recipe.
 
@@ -803,6 +804,7 @@ def train(
         val_data: held-out windows for validation Dice.
         overwrite: ignore an existing ``latest.pt`` and start afresh.
         echo: prints one-line messages.
+        trainable: parameter-name prefixes to train (default: the whole model); the rest is frozen.
 
     Returns:
         What this call ran (steps, losses, last validation, checkpoint path).
@@ -829,7 +831,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     if world > 1:
         dist.barrier()
-    task = InteractiveTask(model, cfg, device)
+    task = InteractiveTask(model, cfg, device, *(() if trainable is None else (tuple(trainable),)))
     log = TrainLog(out, (0, int(resume["step"])) if resume is not None else None, enabled=rank == 0)
     validate = make_validator(model, val_data, cfg, device)
 
@@ -911,6 +913,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _save_trained_memory(model: Sam3D, mem: Any, out: Path, model_name: str) -> None:
+    """Write ``OUT/memory.safetensors`` (the memory with its trained gates) and a plain ``final.pt``."""
+    from dataclasses import replace as dc_replace
+
+    from volsam.memory import save_memory
+    from volsam.modeling.memory_attention import detach_memory
+
+    gates = model.image_encoder.blocks[mem.block].attn.gate_logit.detach().float().cpu()
+    path = save_memory(dc_replace(mem, gate_logits=gates), out / "memory.safetensors")
+    detach_memory(model)  # final.pt: the unchanged model, loadable without the memory
+    save_checkpoint(model, out / "final.pt", model_name=model_name)
+    _echo(f"memory with trained gates (sigmoid: {[round(float(g), 3) for g in torch.sigmoid(gates)]}) -> {path}")
+
+
 def _echo(text: str) -> None:
     from rich.console import Console
 
@@ -938,6 +954,13 @@ def run_train(args: argparse.Namespace) -> int:
                     raise CheckpointError(f"{args.init} fits no registered model; give --model")
                 args.model = fits[0]
             model = build_model(args.model, args.init, trust_checkpoint=args.trust_checkpoint)
+        mem, trainable = None, None
+        if args.memory is not None:
+            from volsam.memory import use_memory
+
+            # Memorizing SAM: only the memory block's per-head gates train; everything else is frozen.
+            mem = use_memory(model, args.memory, gate_init=args.memory_gate_init)
+            trainable = (f"image_encoder.blocks.{mem.block}.attn.gate_logit",)
         data, val = datasets_from_args(args)
         rank, _ = dist_info()
         if rank == 0:
@@ -946,8 +969,18 @@ def run_train(args: argparse.Namespace) -> int:
                 + (f"; validation on {val.describe()}" if val is not None else "")
             )
         result = train(
-            model, data, args.out, cfg, model_name=args.model, val_data=val, overwrite=args.overwrite, echo=_echo
+            model,
+            data,
+            args.out,
+            cfg,
+            model_name=args.model,
+            val_data=val,
+            overwrite=args.overwrite,
+            echo=_echo,
+            trainable=trainable,
         )
+        if mem is not None and rank == 0:
+            _save_trained_memory(model, mem, Path(args.out), args.model)
         if rank == 0:
             msg = f"done: step {result.end_step}, checkpoint {Path(args.out) / 'latest.pt'}"
             if result.val is not None:
