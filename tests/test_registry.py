@@ -80,3 +80,22 @@ def test_larger_input_interpolates_positions():
     with torch.no_grad():
         out = model.image_encoder(torch.randn(1, 1, 256, 256, 256))
     assert out.shape == (1, 96, 16, 16, 16) and torch.isfinite(out).all()
+
+
+def test_attention_backend_override_keeps_the_weights(tmp_path):
+    import torch
+
+    from volsam import save_checkpoint
+    from volsam.registry import build_model
+
+    torch.manual_seed(0)
+    dense = build_model("fastsam3d_mini")
+    ckpt = save_checkpoint(dense, tmp_path / "m.pt")
+    dilated = build_model("fastsam3d_mini", ckpt, attention_backend="dilated")
+    assert dilated.image_encoder.cfg.attention_backend == "dilated"
+    a, b = dense.state_dict(), dilated.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="attention_backend must be 'dense' or 'dilated', got 'sparse'"):
+        build_model("fastsam3d_mini", attention_backend="sparse")
+    with pytest.raises(ValueError, match="needs a model name"):
+        build_model(None, ckpt, attention_backend="dilated")

@@ -52,6 +52,10 @@ class EncoderConfig:
     attention_backend: AttentionBackend = "dense"
     dilated_branches: tuple[tuple[int, int], ...] = ((4, 1), (8, 2), (16, 4))
 
+    def __post_init__(self) -> None:
+        if self.attention_backend not in ("dense", "dilated"):
+            raise ValueError(f"attention_backend must be 'dense' or 'dilated', got {self.attention_backend!r}")
+
     @property
     def grid_size(self) -> int:
         """Tokens per axis."""

@@ -98,6 +98,7 @@ def build_model(
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
     device: str | torch.device | None = None,
+    attention_backend: str | None = None,
 ) -> Sam3D:
     """Build a registered variant, optionally loading weights strictly.
 
@@ -108,16 +109,23 @@ def build_model(
             encoder only (FastSAM3D's distilled students).
         trust_checkpoint: allow full unpickling (only for files you trust).
         device: where to put the model.
+        attention_backend: override the variant's encoder attention (``dense`` or ``dilated``); the
+            weights are the same, so any checkpoint of the variant loads (needs ``name``).
     """
     from volsam import checkpoint as ckpt  # late import: checkpoint uses this registry
 
     if name is None:
         if checkpoint is None:
             raise ValueError("give a model name or a checkpoint to infer it from")
+        if attention_backend is not None:
+            raise ValueError("attention_backend needs a model name (the variant whose config it changes)")
         return ckpt.load_checkpoint(
             checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
         )
-    model = Sam3D.from_config(model_config(name))
+    cfg = model_config(name)
+    if attention_backend is not None:
+        cfg = cfg.with_encoder(attention_backend=attention_backend)
+    model = Sam3D.from_config(cfg)
     if checkpoint is not None:
         ckpt.load_weights(
             model, name, checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint

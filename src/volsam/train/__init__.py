@@ -77,6 +77,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="Memorizing SAM: train only the per-head gates of this memory (volsam memory build) on --init's "
         "model; writes OUT/memory.safetensors with the trained gates",
     )
+    p.add_argument(
+        "--attention-backend", default=None, choices=["dense", "dilated"],
+        help="encoder attention of --model (same weights; e.g. fine-tune a dense model to dilated attention)",
+    )
     p.add_argument("--memory-gate-init", type=float, default=-4.0, help="initial gate logit (sigmoid -4 = 0.018)")
     _add_data_arguments(p)
     _add_optim_arguments(p, lr=1e-4, encoder_lr=None)

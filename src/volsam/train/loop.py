@@ -953,7 +953,9 @@ def run_train(args: argparse.Namespace) -> int:
                 if not fits:
                     raise CheckpointError(f"{args.init} fits no registered model; give --model")
                 args.model = fits[0]
-            model = build_model(args.model, args.init, trust_checkpoint=args.trust_checkpoint)
+            model = build_model(
+                args.model, args.init, trust_checkpoint=args.trust_checkpoint, attention_backend=args.attention_backend
+            )
         mem, trainable = None, None
         if args.memory is not None:
             from volsam.memory import use_memory
