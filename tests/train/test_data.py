@@ -157,3 +157,29 @@ def test_bad_inputs(tmp_path: Path):
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), AFFINE), str(empty / "labels" / "a.nii.gz"))
     with pytest.raises(TrainingDataError, match=r"no usable case.*no foreground"):
         TrainDataset(load_dataset(empty))
+
+
+def test_extra_targets_are_other_structures_of_the_window(toy_data):
+    from volsam.train.data import TrainDataset
+
+    data = TrainDataset.from_dataset(toy_data, extra_targets=2, seed=3)
+    for index in range(4):
+        item = data[index]
+        t = item["target"]
+        assert t.shape[0] == 3 and bool(t.flatten(1).any(1).all())
+        # the toy cases hold two labels: the other one is the first extra, then the sampled target repeats
+        assert not torch.equal(t[0], t[1]) and torch.equal(t[2], t[0])
+        assert float((t[0] * t[1]).sum()) == 0.0
+    with pytest.raises(ValueError, match="extra_targets must be >= 0"):
+        TrainDataset.from_dataset(toy_data, extra_targets=-1)
+
+
+def test_training_step_with_extra_targets(toy_data, tmp_path):
+    from volsam import build_model
+    from volsam.train.data import TrainDataset
+    from volsam.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    data = TrainDataset.from_dataset(toy_data, extra_targets=1)
+    res = train(build_model("fastsam3d_mini"), data, tmp_path, TrainConfig(steps=1, rounds=2), model_name="x")
+    assert len(res.losses) == 1 and np.isfinite(res.losses[0])

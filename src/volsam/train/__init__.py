@@ -30,6 +30,10 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", action="store_true", help="no flips/affine/intensity augmentation")
     g.add_argument("--elastic-prob", type=float, default=0.0, help="probability of elastic deformation (slow)")
     g.add_argument("--jitter-mm", type=float, default=24.0, help="max window-centre jitter around the target, mm")
+    g.add_argument(
+        "--extra-targets", type=int, default=0,
+        help="train on this many more structures of each window (one encoder pass, several decodes)",
+    )
     g.add_argument("--cache-dir", default=None, help="decoded-volume cache (default: OUT/cache)")
     g.add_argument("--skip-bad-cases", action="store_true", help="skip unusable cases instead of stopping")
 

@@ -292,7 +292,8 @@ class TrainDataset(Dataset):
     """Windows around the targets of a list of cases; ``dataset[index]`` is a dict:
 
     - ``image``: float32 [1, S, S, S], normalised (S = ``size``, 128);
-    - ``target``: float32 [1, S, S, S], 1 inside the target;
+    - ``target``: float32 [T, S, S, S], 1 inside the target (T = 1 + ``extra_targets``: the sampled
+      target first, then other labelled structures of the same window, see ``extra_targets``);
     - ``index``: the sample index (int), which seeds the clicks of the training loop;
     - ``pair``: index into :attr:`entries`.
 
@@ -315,6 +316,11 @@ class TrainDataset(Dataset):
         skip_bad_cases: drop cases :func:`~volsam.eval.datasets.validate_case` rejects instead of raising.
         preload: decode every volume once now (fills ``cache_dir``; workers forked later share memory).
         max_fg_samples: foreground voxels remembered per target for centre sampling.
+        extra_targets: also return this many other structures of the sample's label window (label
+            values with at least ``min_extra_voxels`` voxels there, drawn at random; the sampled target
+            repeats when fewer exist), so one encoder pass trains on several targets. Training windows
+            are centred near the first target only; the others lie anywhere in the window.
+        min_extra_voxels: smallest extra target, window voxels.
 
     Raises:
         TrainingDataError: a case is unusable (unless ``skip_bad_cases``) or no target has foreground.
@@ -338,6 +344,8 @@ class TrainDataset(Dataset):
         skip_bad_cases: bool = False,
         preload: bool = False,
         max_fg_samples: int = 20000,
+        extra_targets: int = 0,
+        min_extra_voxels: int = 64,
     ) -> None:
         if not 0.0 <= p_synth <= 1.0:
             raise ValueError(f"p_synth must be in [0, 1], got {p_synth}")
@@ -358,6 +366,10 @@ class TrainDataset(Dataset):
         self.clip = clip
         self.cache = ArrayCache(cache_dir, cache_bytes)
         self.max_fg_samples = int(max_fg_samples)
+        if extra_targets < 0:
+            raise ValueError(f"extra_targets must be >= 0, got {extra_targets}")
+        self.extra_targets = int(extra_targets)
+        self.min_extra_voxels = int(min_extra_voxels)
         self.cases: list[_CaseInfo] = []
         self.entries: list[TargetEntry] = []
         self.skipped: list[tuple[str, str]] = []
@@ -521,9 +533,14 @@ class TrainDataset(Dataset):
         tries = 8
         for attempt in range(tries):
             window = self._random_window(entry, rng, jitter=attempt < tries - 1)
-            target, lab = self._label_windows(entry, window, want_map=use_synth)
+            target, lab = self._label_windows(entry, window, want_map=use_synth or self.extra_targets > 0)
             if target.any():
                 break
+        targets = [target]
+        if self.extra_targets:
+            assert lab is not None
+            rng_extra = np.random.default_rng([self.seed, _STREAM_SAMPLE, index, 4])
+            targets += self._extra_targets(entry, target, lab, rng_extra)
         if use_synth:
             assert lab is not None
             image = self._synth_image(entry, window, target, lab, rng_synth)
@@ -531,7 +548,7 @@ class TrainDataset(Dataset):
             info = self.cases[entry.case_index]
             image = extract_window(self._image(entry.case_index), info.affine, window, order=1)
         img_t = torch.from_numpy(image)[None]
-        tgt_t = torch.from_numpy(target.astype(np.float32))[None]
+        tgt_t = torch.from_numpy(np.stack(targets).astype(np.float32))
         spatial, intensity = self._transforms()
         if spatial is not None:
             assert self.augment is not None
@@ -540,13 +557,23 @@ class TrainDataset(Dataset):
             aug_img, aug_lab = _plain(out["image"]), _plain(out["label"])
             if self.augment.elastic_prob > 0 and rng_spatial.random() < self.augment.elastic_prob:
                 aug_img, aug_lab = _elastic(aug_img, aug_lab, rng_spatial, self.augment)
-            if bool((aug_lab > 0.5).any()):
+            if bool((aug_lab > 0.5).flatten(1).any(1).all()):
                 img_t, tgt_t = aug_img, (aug_lab > 0.5).float()
         img_t = torch.from_numpy(normalize_window(img_t.numpy(), self.clip))
         if intensity is not None:
             intensity.set_random_state(seed=int(rng_intensity.integers(2**31 - 1)))
             img_t = _plain(intensity({"image": img_t})["image"])
         return {"image": img_t.contiguous(), "target": tgt_t.contiguous(), "index": index, "pair": pair}
+
+    def _extra_targets(
+        self, entry: TargetEntry, target: np.ndarray, lab: np.ndarray, rng: np.random.Generator
+    ) -> list[np.ndarray]:
+        values, counts = np.unique(lab[lab > 0], return_counts=True)
+        own = None if entry.derived else float(entry.target.value)
+        pool = [v for v, c in zip(values, counts, strict=True) if c >= self.min_extra_voxels and v != own]
+        chosen = rng.choice(len(pool), min(len(pool), self.extra_targets), replace=False) if pool else []
+        extra = [lab == pool[int(i)] for i in chosen]
+        return extra + [target] * (self.extra_targets - len(extra))
 
     def eval_item(self, pair: int) -> dict[str, Any]:
         """Deterministic sample of entry ``pair``: window centred on its anchor voxel, no augmentation."""

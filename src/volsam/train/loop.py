@@ -495,9 +495,13 @@ class InteractiveTask:
         grad = torch.enable_grad() if self.encoder_trains else torch.no_grad()
         with grad, _autocast(self.device, self.cfg.amp):
             emb = self.model.image_encoder(image)
-        loss, per_round = interaction_loss(
-            self.model, emb, target, [int(i) for i in batch["index"]], step, self.cfg, self.loss_fn
-        )
+        indices = [int(i) for i in batch["index"]]
+        t = target.shape[1]
+        if t > 1:  # several targets per window (TrainDataset.extra_targets): one encoder pass, T decodes
+            emb = emb.repeat_interleave(t, dim=0)
+            target = target.reshape(-1, 1, *target.shape[2:])
+            indices = [i + (k << 40) for i in indices for k in range(t)]  # k = 0 keeps the one-target seeds
+        loss, per_round = interaction_loss(self.model, emb, target, indices, step, self.cfg, self.loss_fn)
         return loss, {"loss_first": per_round[0], "loss_last": per_round[-1]}
 
     def state(self) -> dict[str, Any]:
@@ -880,7 +884,15 @@ def datasets_from_args(args: argparse.Namespace, *, with_val: bool = True) -> tu
         "cache_dir": cache_dir,
         "skip_bad_cases": args.skip_bad_cases,
     }
-    data = TrainDataset(cases, augment=augment, p_synth=args.p_synth, jitter_mm=args.jitter_mm, preload=True, **common)
+    data = TrainDataset(
+        cases,
+        augment=augment,
+        p_synth=args.p_synth,
+        jitter_mm=args.jitter_mm,
+        preload=True,
+        extra_targets=getattr(args, "extra_targets", 0),
+        **common,
+    )
     val = TrainDataset(val_cases, **common) if val_cases else None
     return data, val
 
