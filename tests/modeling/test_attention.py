@@ -58,3 +58,20 @@ def test_bad_branches_rejected():
         Sam3D.from_config(
             model_config("fastsam3d_mini").with_encoder(attention_backend="dilated", dilated_branches=((6, 4),))
         )
+
+
+def test_gathered_relative_bias_equals_the_full_bias():
+    """The dilated path gathers its bias from the per-axis terms; same result as slicing the [N, N] bias."""
+    from volsam.modeling.attention import RelPosAttention, _real_key_bias
+
+    torch.manual_seed(2)
+    attn = RelPosAttention(32, 4, use_rel_pos=True).eval()
+    with torch.no_grad():
+        for p in (attn.rel_pos_d, attn.rel_pos_h, attn.rel_pos_w):
+            p.normal_(0, 0.5)
+    g, nh, hd = 8, 4, 8
+    q, k, v = torch.randn(3, 1, nh, g**3, hd).unbind(0)
+    terms = attn._rel_terms(q, torch.zeros(1, nh, 1, hd), g, g)
+    full = dilated_attention(q, k, v, _real_key_bias(*terms, g), BRANCHES, 0.3)
+    gathered = dilated_attention(q, k, v, None, BRANCHES, 0.3, rel=terms, grid=g)
+    assert torch.allclose(full, gathered, atol=1e-5)

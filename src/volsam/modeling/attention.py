@@ -122,12 +122,14 @@ class RelPosAttention(nn.Module):
                 bq, bk, bv = self.qkv.bias.view(3, 1, nh, 1, hd).unbind(0)
             else:
                 bq = bk = bv = x.new_zeros(1, nh, 1, hd)
-            if self.use_rel_pos:
-                terms = self._rel_terms(q, bq, g, span)
-                mask = _real_key_bias(*terms, g)
-            else:
-                terms = None
-                mask = q.new_zeros(b, nh, n, n)
+            terms = self._rel_terms(q, bq, g, span) if self.use_rel_pos else None
+            if self.dilated_branches is not None and not pad:
+                # Each branch gathers its own few bias entries from the per-axis terms: the [N, N] bias
+                # of dense attention (537 MB per block at 256^3 input) is never formed.
+                out = dilated_attention(q, k, v, None, self.dilated_branches, self.scale, rel=terms, grid=g)
+                out = out.transpose(1, 2).reshape(b, g, g, g, c)
+                return self.proj(out)
+            mask = _real_key_bias(*terms, g) if terms is not None else q.new_zeros(b, nh, n, n)
             if pad:
                 # One extra key stands for every padded key: value b_v, logit scale*q.b_k + log_sum.
                 if terms is not None:
@@ -137,10 +139,7 @@ class RelPosAttention(nn.Module):
                 mask = torch.cat([mask, log_sum], dim=-1)
                 k = torch.cat([k, bk.expand(b, nh, 1, hd)], dim=2)
                 v = torch.cat([v, bv.expand(b, nh, 1, hd)], dim=2)
-            if self.dilated_branches is not None and not pad:
-                out = dilated_attention(q, k, v, mask, self.dilated_branches, self.scale)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(b, g, g, g, c)
         return self.proj(out)
 
@@ -164,6 +163,25 @@ class RelPosAttention(nn.Module):
         rel_h = torch.einsum("bndhkc,hjc->bndhkj", q5s, rh)
         rel_w = torch.einsum("bndhkc,kjc->bndhkj", q5s, rw)
         return rel_d, rel_h, rel_w
+
+
+def _gathered_rel_bias(
+    rel: tuple[torch.Tensor, torch.Tensor, torch.Tensor], idx: torch.Tensor, heads: torch.Tensor, grid: int | None
+) -> torch.Tensor:
+    """Entries ``[q, k]`` of :func:`_real_key_bias` for the flat positions ``idx`` [nh, S, m] (queries and
+    keys of each segment): [B, nh, S, m, m]."""
+    if grid is None:
+        raise ValueError("dilated_attention with rel terms needs the grid size")
+    rel_d, rel_h, rel_w = rel
+    b, nh, g = rel_d.shape[0], rel_d.shape[1], grid
+    rd = rel_d.reshape(b, nh, g**3, -1)  # [B, nh, N(q), kw]
+    rh = rel_h.reshape(b, nh, g * g, rel_h.shape[-2], rel_h.shape[-1])  # [B, nh, q(d,h), kd, kw]
+    rw = rel_w.reshape(b, nh, g * g, rel_w.shape[-2], rel_w.shape[-1])  # [B, nh, q(d,h), kh, kw]
+    h = heads[:, None, None, None]
+    qi, ki = idx[..., :, None], idx[..., None, :]
+    q_dh = qi // g
+    kd, kh, kw = ki // (g * g), (ki // g) % g, ki % g
+    return rd[:, h, qi, kw] + rh[:, h, q_dh, kd, kw] + rw[:, h, q_dh, kh, kw]
 
 
 def _real_key_bias(rel_d: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, g: int) -> torch.Tensor:
@@ -203,6 +221,9 @@ def dilated_attention(
     bias: torch.Tensor | None,
     branches: tuple[tuple[int, int], ...],
     scale: float,
+    *,
+    rel: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    grid: int | None = None,
 ) -> torch.Tensor:
     """LongNet-style dilated attention (the "3D sparse attention" of FastSAM3D) over a flat sequence.
 
@@ -218,6 +239,10 @@ def dilated_attention(
         bias: additive attention bias [B, nh, N, N] (relative positions) or None.
         branches: (segment, dilation) pairs.
         scale: logit scale.
+        rel: instead of ``bias``, the per-axis relative-position terms of :meth:`RelPosAttention._rel_terms`
+            of a ``grid``^3 token grid (N = grid^3, tokens in (d, h, w) order); each branch gathers only the
+            bias entries of its own (query, key) pairs.
+        grid: tokens per axis, with ``rel``.
 
     Returns:
         [B, nh, N, hv].
@@ -239,6 +264,8 @@ def dilated_attention(
         logits = (qs @ ks.transpose(-1, -2)) * scale  # [B, nh, S, m, m]
         if bias is not None:
             logits = logits + bias[:, heads[:, None, None, None], idx[..., :, None], idx[..., None, :]]
+        elif rel is not None:
+            logits = logits + _gathered_rel_bias(rel, idx, heads, grid)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, nh, S, m, 1]
         outs.append(torch.exp(logits - lse) @ vs)
         lses.append(lse)
