@@ -390,3 +390,21 @@ def test_upload_itk_formats(client, tmp_path, nifti_bytes, suffix, truth):
     assert r.json()["shape"] == list(SHAPE) and np.allclose(r.json()["affine"], AFFINE, atol=1e-5)
     r = client.post(f"/sessions/{r.json()['id']}/clicks", json={"point": CENTRE})
     assert r.json()["voxels"] == truth.sum()
+
+
+def test_dicom_folder_under_the_data_root(client, data_root, tmp_path):
+    from tests.test_io import _write_ct_series
+
+    hu = np.round(100 + np.random.default_rng(0).normal(0, 5, (24, 20, 16))).astype(np.float32)
+    hu[6:18, 5:15, 4:12] += 900.0
+    _write_ct_series(data_root / "case02" / "dicom", hu)
+    r = client.post("/sessions", json={"path": "case02/dicom"})
+    assert r.status_code == 201, r.text
+    assert r.json()["shape"] == [24, 20, 16]
+    sid = r.json()["id"]
+    body = client.post(f"/sessions/{sid}/clicks", json={"point": [12, 10, 8]}).json()
+    assert body["voxels"] > 0
+    assert client.get(f"/sessions/{sid}/labels", params={"format": "nii.gz"}).status_code == 200
+    # a symlink inside the folder pointing out of the root is refused
+    (data_root / "case02" / "dicom" / "evil.dcm").symlink_to(tmp_path / "secret.nii.gz")
+    assert client.post("/sessions", json={"path": "case02/dicom"}).status_code == 403

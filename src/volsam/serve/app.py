@@ -6,7 +6,8 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 ``"world": true``):
 
 - ``POST /sessions``: multipart upload (field ``file``; .nii, .nii.gz, .nrrd, .mha) or JSON
-  ``{"path": "rel/path.nii.gz"}`` under ``data_root`` -> ``{"id", "shape", "spacing", "affine"}``.
+  ``{"path": "rel/path.nii.gz"}`` (a file, or a DICOM series folder) under ``data_root``
+  -> ``{"id", "shape", "spacing", "affine"}``; ``POST /sessions/demo``: the bundled demo volume.
 - ``GET /sessions/{id}``: shape, objects and clicks of the current object.
 - ``POST /sessions/{id}/clicks`` ``{"point", "positive", "world"}`` -> ``{"voxels", "latency_ms", "object",
   "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
@@ -227,8 +228,13 @@ def resolve_under(root: Path | None, relative: str) -> Path:
         raise HTTPException(403, f"{relative!r} resolves outside the data root")
     if not target.exists():
         raise HTTPException(404, f"no such file under the data root: {relative!r}")
+    if target.is_dir():  # a DICOM series folder: every entry must stay inside the root too
+        for entry in target.iterdir():
+            if not entry.resolve().is_relative_to(base):
+                raise HTTPException(403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root")
+        return target
     if not target.is_file():
-        raise HTTPException(400, f"{relative!r} is not a file")
+        raise HTTPException(400, f"{relative!r} is not a file or a DICOM folder")
     _upload_suffix(target.name)
     return target
 
