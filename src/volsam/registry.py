@@ -69,10 +69,19 @@ def _volsam_small() -> ModelConfig:
     return make_config(embed_dim=384, depth=6, num_heads=6, prompt_dim=384, window_size=0, block_style="sam")
 
 
-@register_model("volsam_tiny", "volsam's default model: 6 blocks x 256, 8 heads, global; decoder width 192")
+@register_model(
+    "volsam_tiny", "volsam's default model: 6 blocks x 256, 8 heads, global; decoder width 192; click prior 6 vox"
+)
 def _volsam_tiny() -> ModelConfig:
     return make_config(
-        embed_dim=256, depth=6, num_heads=8, prompt_dim=192, window_size=0, block_style="sam", decoder_mlp_dim=1024
+        embed_dim=256,
+        depth=6,
+        num_heads=8,
+        prompt_dim=192,
+        window_size=0,
+        block_style="sam",
+        decoder_mlp_dim=1024,
+        click_prior_sigma=6.0,
     )
 
 

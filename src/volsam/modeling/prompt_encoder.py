@@ -105,3 +105,29 @@ class PromptEncoder3D(nn.Module):
         else:
             dense = w.reshape(1, -1, 1, 1, 1).expand(bs, -1, g, g, g)
         return sparse, dense
+
+
+def click_prior(
+    coords: torch.Tensor, labels: torch.Tensor, grid: int, image_size: int, sigma: float, amplitude: float
+) -> torch.Tensor:
+    """Gaussian click map on the low-res mask grid.
+
+    Args:
+        coords: [B, N, 3] click positions in window voxels (the decoder's point convention).
+        labels: [B, N]: 1 positive, 0 negative, -1 padding (ignored).
+        grid: cells per axis of the mask prompt (``image_size / 4``).
+        image_size: window side, voxels.
+        sigma: Gaussian width, window voxels.
+        amplitude: height, logits.
+
+    Returns:
+        [B, 1, grid, grid, grid]: sum over clicks of +/- amplitude * exp(-d^2 / (2 sigma^2)), d the distance
+        (voxels) from the click to each cell centre.
+    """
+    cell = image_size / grid
+    centres = (torch.arange(grid, device=coords.device, dtype=coords.dtype) + 0.5) * cell - 0.5  # [G]
+    sign = (labels == 1).to(coords.dtype) - (labels == 0).to(coords.dtype)  # [B, N]
+    # Separable: exp(-(dx^2 + dy^2 + dz^2) / 2s^2) = product of per-axis factors.
+    f = torch.exp(-((coords[..., None] - centres) ** 2) / (2 * sigma**2))  # [B, N, 3, G]
+    maps = torch.einsum("bn,bni,bnj,bnk->bijk", sign * amplitude, f[:, :, 0], f[:, :, 1], f[:, :, 2])
+    return maps[:, None]

@@ -9,7 +9,7 @@ from torch import nn
 from volsam.config import ModelConfig
 from volsam.modeling.image_encoder import ImageEncoderViT3D
 from volsam.modeling.mask_decoder import MaskDecoder3D
-from volsam.modeling.prompt_encoder import PromptEncoder3D
+from volsam.modeling.prompt_encoder import PromptEncoder3D, click_prior
 
 
 class Sam3D(nn.Module):
@@ -58,6 +58,11 @@ class Sam3D(nn.Module):
         Returns low-res logits [B, 1 or 3, 4G, 4G, 4G] and IoU predictions [B, 1 or 3].
         """
         points = None if coords is None else (coords, labels)
+        pc = self.config.prompt
+        if pc.click_prior_sigma > 0 and coords is not None:
+            g = self.prompt_encoder.mask_input_size
+            prior = click_prior(coords, labels, g, pc.input_image_size, pc.click_prior_sigma, pc.click_prior_amplitude)
+            mask_input = prior if mask_input is None else mask_input + prior
         sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
