@@ -13,9 +13,12 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
   "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
   ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
 - ``GET /sessions/{id}/labels?format=nii.gz|nrrd|mha``: the label map file on the image grid.
-- ``GET /sessions/{id}/overlay``: the label map as gzip-compressed raw bytes (``application/gzip``), C order
-  of the (X, Y, Z) image array, i.e. byte ``(i * Y + j) * Z + k`` is voxel (i, j, k); headers ``X-Shape``
-  (``X,Y,Z``), ``X-Dtype`` (``uint8``, or ``uint16`` past 255 objects) and ``X-Order`` (``C``).
+- ``GET /sessions/{id}/overlay?order=C|F``: the label map as gzip-compressed raw bytes (``application/gzip``)
+  of the (X, Y, Z) image array, C order (byte ``(i * Y + j) * Z + k`` is voxel (i, j, k)) or F order
+  (NIfTI's, i fastest); headers ``X-Shape`` (``X,Y,Z``), ``X-Dtype`` (``uint8``, or ``uint16`` past 255
+  objects) and ``X-Order``.
+- ``GET /sessions/{id}/image``: the image as .nii.gz (what the viewer displays).
+- ``GET /``: the NiiVue viewer (``static/``), served without the token (it holds no data).
 - ``DELETE /sessions/{id}``.
 
 Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable image, or an
