@@ -118,3 +118,26 @@ def test_session_runs_on_onnxruntime_like_pytorch(tmp_path, load_fixture):
     for point, positive in (((30, 25, 20), True), ((5, 5, 5), False), ((35, 30, 22), True)):
         ma, mb = a.add_click(point, positive), b.add_click(point, positive)
         assert (ma != mb).mean() < 1e-4  # logits within ~1e-5; a voxel at the threshold may flip
+
+
+def test_click_prior_is_in_the_decoder_graph(tmp_path):
+    """A model with the click prior (volsam_tiny's) exports it: onnxruntime equals Sam3D.decode."""
+    from dataclasses import replace
+
+    from volsam.modeling import Sam3D
+    from volsam.registry import model_config
+
+    cfg = model_config("fastsam3d_mini")
+    torch.manual_seed(0)
+    model = Sam3D.from_config(replace(cfg, prompt=replace(cfg.prompt, click_prior_sigma=6.0))).eval()
+    export_onnx(model, tmp_path)
+    onnx = OnnxModel(tmp_path)
+    emb = torch.randn(1, cfg.encoder.out_chans, 8, 8, 8)
+    coords = torch.tensor([[[40.0, 60.0, 70.0], [90.0, 20.0, 30.0]]])
+    labels = torch.tensor([[1, 0]])
+    prev = torch.randn(1, 1, 32, 32, 32)
+    for mask in (None, prev):
+        with torch.no_grad():
+            want, _ = model.decode(emb, coords, labels, mask)
+        got, _ = onnx.decode(emb, coords, labels, mask)
+        assert torch.allclose(torch.as_tensor(got), want, atol=TOL)

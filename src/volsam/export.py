@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from volsam.modeling import Sam3D
+from volsam.modeling.prompt_encoder import click_prior
 
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["image_embeddings"]
@@ -55,6 +56,7 @@ class DecoderWrapper(nn.Module):
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
+        self.prompt_cfg = model.config.prompt
         with torch.no_grad():
             self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().clone(), persistent=False)
 
@@ -71,8 +73,16 @@ class DecoderWrapper(nn.Module):
         pe = self.prompt_encoder
         sparse = pe._embed_points(point_coords.float(), point_labels, pad=True)
         h = has_mask_input.reshape(1, 1, 1, 1, 1).to(image_embeddings.dtype)
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
-        dense = h * pe.mask_downscaling(mask_input) + (1 - h) * no_mask
+        c = self.prompt_cfg
+        if c.click_prior_sigma > 0:  # as Sam3D.decode: the click map joins (or is) the mask prompt
+            prior = click_prior(
+                point_coords.float(), point_labels, pe.mask_input_size, c.input_image_size,
+                c.click_prior_sigma, c.click_prior_amplitude,
+            )
+            dense = pe.mask_downscaling(h * mask_input + prior)
+        else:
+            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
+            dense = h * pe.mask_downscaling(mask_input) + (1 - h) * no_mask
         masks, iou = self.mask_decoder.predict_masks(image_embeddings, self.image_pe, sparse, dense)
         return masks[:, 0:1], iou[:, 0:1]
 
