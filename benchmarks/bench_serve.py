@@ -17,11 +17,10 @@ voxel or two where a logit within rounding of 0 flips with thread scheduling).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
-import socket
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import nibabel as nib
     import torch
-    import uvicorn
 
     from volsam.demo import DEMO_IMAGE
     from volsam.eval.metrics import dice
     from volsam.serve import create_app
+    from volsam.serve.background import background_server
     from volsam.session import Session
 
     torch.set_num_threads(args.threads)
@@ -63,15 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         uploads.append(gzip.compress(nib.Nifti1Image(shifted, base.affine).to_bytes(), compresslevel=1))
 
     app = create_app(args.model, max_sessions=args.sessions, device="cpu")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
+    stack = contextlib.ExitStack()
+    url = stack.enter_context(background_server(app))
 
     def client(s: int) -> dict:
         rng = np.random.default_rng([7, s])
@@ -101,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.sessions) as pool:
         results = list(pool.map(client, range(args.sessions)))
     wall = time.perf_counter() - t0
-    server.should_exit = True
-    thread.join(10)
+    stack.close()
 
     first = [v for r in results for v in r["first"]]
     further = [v for r in results for v in r["further"]]

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import pytest
 
 from tests.fakes import ThresholdModel
 from volsam.serve.app import STATIC_DIR, create_app
+from volsam.serve.background import background_server
 from volsam.session import Session
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -60,7 +58,7 @@ class SpySession(Session):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, list[SpySession]]]:
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     sessions: list[SpySession] = []
     model = ThresholdModel()
 
@@ -69,20 +67,8 @@ def server() -> Iterator[tuple[str, list[SpySession]]]:
         return sessions[-1]
 
     app = create_app(session_factory=factory)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", sessions
-    srv.should_exit = True
-    thread.join(10)
+    with background_server(app) as url:
+        yield url + "/", sessions
 
 
 def _overlay_pixels(png: bytes) -> int:
