@@ -218,3 +218,59 @@ def test_cli_memory_build(tmp_path):
     assert rc == 0
     mem = load_memory(out)
     assert mem.size == 24 and mem.block == 2 and mem.model_name == "fastsam3d_mini"
+
+
+def test_faiss_search_equals_torch_search():
+    pytest.importorskip("faiss", reason="faiss-cpu not installed (pip install 'volsam[memory]')")
+    torch.manual_seed(5)
+    inner = RelPosAttention(64, 4, use_rel_pos=False)  # 4 heads x 16
+    keys, values = torch.randn(4, 3000, 16), torch.randn(4, 3000, 16)
+    q = torch.randn(1, 4, 200, 16, requires_grad=True)
+    exact = MemoryAttention(inner, keys, values, top_k=8, search="torch")
+    flat = MemoryAttention(inner, keys, values, top_k=8, search="faiss")
+    hnsw = MemoryAttention(inner, keys, values, top_k=8, search="faiss-hnsw")
+    assert (exact.search_kind(q.device), flat.search_kind(q.device)) == ("torch", "flat")
+    l0, i0 = exact.retrieve(q)
+    l1, i1 = flat.retrieve(q)
+    assert torch.equal(i0, i1)  # random continuous keys: no ties
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
+    # Gradients reach the queries through the recomputed logits whichever search found the keys.
+    (g0,) = torch.autograd.grad(exact.read(q).sum(), q)
+    (g1,) = torch.autograd.grad(flat.read(q).sum(), q)
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5)
+    # HNSW is approximate: most of the exact top-k is found.
+    _, i2 = hnsw.retrieve(q)
+    pairs = zip(i0.reshape(-1, 8).tolist(), i2.reshape(-1, 8).tolist(), strict=True)
+    recall = np.mean([len(set(a) & set(b)) / 8 for a, b in pairs])
+    assert recall > 0.9
+    with pytest.raises(ValueError, match="search must be one of"):
+        MemoryAttention(inner, keys, values, search="annoy")
+
+
+def test_auto_search_uses_faiss_only_for_large_memories(monkeypatch):
+    pytest.importorskip("faiss", reason="faiss-cpu not installed (pip install 'volsam[memory]')")
+    import volsam.modeling.memory_attention as ma
+
+    inner = RelPosAttention(16, 1, use_rel_pos=False)
+    wrapper = MemoryAttention(inner, torch.randn(1, 100, 16), torch.randn(1, 100, 16))
+    assert wrapper.search_kind(torch.device("cpu")) == "torch"
+    monkeypatch.setattr(ma, "FAISS_MIN_TOKENS", 100)
+    assert wrapper.search_kind(torch.device("cpu")) == "flat"
+    assert wrapper.search_kind(torch.device("cuda")) == "torch"  # faiss-cpu would copy queries off the GPU
+
+
+def test_fp16_memory_halves_the_file_and_attaches(tmp_path, model):
+    data = tmp_path / "Dataset001_Toy"
+    _write_dataset(data)
+    full = build_memory(model, data, BLOCK, tokens="all")
+    half = build_memory(model, data, BLOCK, tokens="all", fp16=True)
+    assert half.keys.dtype == torch.float16 and half.meta["dtype"] == "float16"
+    torch.testing.assert_close(half.keys.float(), full.keys, rtol=1e-3, atol=1e-3)
+    a = save_memory(full, tmp_path / "full.safetensors").stat().st_size
+    b = save_memory(half, tmp_path / "half.safetensors").stat().st_size
+    assert b < 0.55 * a
+    handle = attach_memory(model, load_memory(tmp_path / "half.safetensors"), BLOCK)
+    try:
+        assert handle.module.mem_keys.dtype == torch.float32  # cast to the model's dtype
+    finally:
+        detach_memory(model)

@@ -232,7 +232,13 @@ def _cmd_memory_build(args: argparse.Namespace) -> int:
         args.model, args.device, decoder_checkpoint=args.decoder_checkpoint, trust_checkpoint=args.trust_checkpoint
     )
     mem = build_memory(
-        model, args.data, args.block, tokens=args.tokens, max_tokens=args.max_tokens, model_name=str(args.model)
+        model,
+        args.data,
+        args.block,
+        tokens=args.tokens,
+        max_tokens=args.max_tokens,
+        model_name=str(args.model),
+        fp16=args.fp16,
     )
     path = save_memory(mem, args.output)
     heads, m, hd = mem.keys.shape
@@ -278,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, required=True, help="encoder block (with attention) to memorise")
     p.add_argument("--tokens", choices=("labelled", "all"), default="labelled", help="default: labelled")
     p.add_argument("--max-tokens", type=int, default=None, help="random subset of at most this many tokens")
+    p.add_argument("--fp16", action="store_true", help="store keys/values in float16 (half the size)")
     p.add_argument("-o", "--output", required=True, metavar="MEMORY", help="output file (.safetensors)")
     p.set_defaults(func=_cmd_memory_build)
 

@@ -5,7 +5,7 @@ computes on labelled reference volumes: for each target of a dataset, a 128^3 wi
 the target's centre of mass is encoded up to that block, and the keys/values of the tokens whose 16^3
 patch touches the target (dilated by ``margin_voxels``) are kept. At inference
 :func:`volsam.modeling.memory_attention.attach_memory` lets each query retrieve its nearest keys (exact
-torch search; faiss is future work).
+torch search for small memories, faiss for large ones).
 
 A memory records the SHA-256 of the weights that wrote it (:func:`weights_sha256`) and its block;
 :func:`check_memory` refuses to pair it with another model or block.
@@ -229,8 +229,13 @@ def block_qkv(model: nn.Module, image: torch.Tensor, block: int) -> tuple[torch.
     return qkv[0], qkv[1], qkv[2]
 
 
-def use_memory(model: nn.Module, memory: str | Path | Memory, *, gate_init: float | None = None) -> Memory:
+def use_memory(
+    model: nn.Module, memory: str | Path | Memory, *, gate_init: float | None = None, search: str = "auto"
+) -> Memory:
     """Load ``memory`` (a path or a :class:`Memory`) and attach it, in place, to its block of ``model``.
+
+    ``search`` picks the top-k search (:data:`volsam.modeling.memory_attention.SEARCHES`; ``auto``: exact
+    torch for small memories, faiss for large ones on CPU).
 
     The memory's trained gates are used (``gate_init`` overrides them, e.g. to start gate training). A
     memory built by another model (weights hash) or for a missing block is refused with ``ValueError``;
@@ -250,7 +255,7 @@ def use_memory(model: nn.Module, memory: str | Path | Memory, *, gate_init: floa
             UserWarning,
             stacklevel=2,
         )
-    attach_memory(model, mem, mem.block, gate_init=gate_init)
+    attach_memory(model, mem, mem.block, gate_init=gate_init, search=search)
     return mem
 
 
@@ -265,6 +270,7 @@ def build_memory(
     seed: int = 0,
     model_name: str = "",
     spacing: float = 1.5,
+    fp16: bool = False,
 ) -> Memory:
     """Memorise the keys/values of block ``block`` over the labelled targets of a dataset.
 
@@ -279,9 +285,11 @@ def build_memory(
         seed: seed of that subset.
         model_name: recorded in the memory (informative).
         spacing: window spacing in mm (SAM-Med3D: 1.5).
+        fp16: store keys and values in float16 (half the file and RAM; they are cast back to the model's
+            dtype when attached).
 
     Returns:
-        a :class:`Memory` with keys and values [H, M, hd] (float32, CPU).
+        a :class:`Memory` with keys and values [H, M, hd] (float32, or float16 with ``fp16``; CPU).
     """
     from volsam.eval.datasets import (
         _read_array,  # the label reader load_target_mask itself uses
@@ -346,5 +354,8 @@ def build_memory(
         "targets": n_targets,
         "spacing_mm": spacing,
         "skipped": skipped,
+        "dtype": "float16" if fp16 else "float32",
     }
+    if fp16:
+        keys, values = keys.half(), values.half()
     return Memory(keys.contiguous(), values.contiguous(), block, model_name, weights_sha256(model), meta=meta)

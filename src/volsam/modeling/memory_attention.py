@@ -4,7 +4,9 @@
 unchanged as ``.inner``) and adds, per head h, a read-out from an external memory of (key, value) pairs:
 
 * each query q (taken from the inner module's own ``qkv``) retrieves its ``top_k`` keys from the memory by
-  exact inner-product search (``q @ K_mem^T`` then ``topk``; faiss is future work);
+  inner-product search: exact in torch (``q @ K_mem^T`` then ``topk``) for small memories, faiss for large
+  ones (``search=``; :func:`faiss_index`), the logits of the retrieved keys always recomputed in torch so
+  gradients reach the queries whichever search found them;
 * it attends over them, ``mem = softmax(scale * q . k_i) @ v_i`` over the k retrieved keys;
 * the head's output before the output projection becomes ``g_h * mem + (1 - g_h) * local`` with a learned
   gate ``g_h = sigmoid(gate_logit_h)``.
@@ -30,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +40,37 @@ from volsam.modeling.attention import RelPosAttention
 
 CLOSED_LOGIT = -30.0
 """Gate logits at or below this value mean "gate exactly 0" (the memory is ignored for that head)."""
+
+SEARCHES = ("auto", "torch", "faiss", "faiss-hnsw")
+"""Top-k search of :class:`MemoryAttention`: exact torch, faiss exact (``IndexFlatIP``), faiss HNSW
+(approximate), or ``auto`` (faiss exact on CPU from :data:`FAISS_MIN_TOKENS` memorised tokens when faiss is
+installed, else torch)."""
+
+FAISS_MIN_TOKENS = 65536
+"""From this many memorised tokens ``search="auto"`` uses faiss on CPU: there the [chunk, M] torch score
+matrix is the cost (``python -m benchmarks.bench_memory --search-sizes`` measures the cross-over)."""
+
+
+def faiss_index(keys: torch.Tensor, kind: str = "flat") -> Any:
+    """One head's faiss inner-product index over keys [M, hd] (float32 copy on CPU).
+
+    ``kind="flat"`` is exact (same top-k as torch up to ties); ``"hnsw"`` is approximate (32 links per node,
+    ``efSearch`` 128) and sub-linear in M.
+    """
+    try:
+        import faiss
+    except ImportError:
+        raise ValueError("faiss search needs the faiss-cpu package: pip install 'volsam[memory]'") from None
+    k = np.ascontiguousarray(keys.detach().float().cpu().numpy())
+    if kind == "flat":
+        index = faiss.IndexFlatIP(k.shape[1])
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(k.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    else:
+        raise ValueError(f"faiss index kind must be 'flat' or 'hnsw', got {kind!r}")
+    index.add(k)
+    return index
 
 
 class MemoryAttention(nn.Module):
@@ -49,6 +83,7 @@ class MemoryAttention(nn.Module):
         top_k: keys retrieved per query and head (clipped to M).
         gate_init: initial gate logit of every head; the default :data:`CLOSED_LOGIT` is a closed gate.
         query_chunk: queries searched at once (bounds the [B, H, chunk, M] score matrix).
+        search: one of :data:`SEARCHES`.
     """
 
     def __init__(
@@ -60,6 +95,7 @@ class MemoryAttention(nn.Module):
         top_k: int = 32,
         gate_init: float = CLOSED_LOGIT,
         query_chunk: int = 4096,
+        search: str = "auto",
     ) -> None:
         super().__init__()
         nh, hd = inner.num_heads, inner.head_dim
@@ -72,6 +108,10 @@ class MemoryAttention(nn.Module):
             raise ValueError("the memory is empty")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        self.search = search
+        self._faiss: tuple[str, list[Any]] | None = None  # (kind, per-head indexes), built on first use
         self.inner = inner
         self.top_k = int(top_k)
         self.query_chunk = int(query_chunk)
@@ -101,12 +141,48 @@ class MemoryAttention(nn.Module):
         """Whether every head's gate is exactly 0 (the module then equals ``inner``)."""
         return bool((self.gate_logit <= CLOSED_LOGIT).all())
 
-    def retrieve(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k search: q [B, H, N, hd] -> (scaled logits [B, H, N, k], memory indices [B, H, N, k]).
+    def search_kind(self, device: torch.device) -> str:
+        """The search :meth:`retrieve` uses for queries on ``device``: "torch", "flat" or "hnsw"."""
+        if self.search == "torch":
+            return "torch"
+        if self.search == "faiss":
+            return "flat"
+        if self.search == "faiss-hnsw":
+            return "hnsw"
+        if device.type != "cpu" or self.mem_keys.shape[1] < FAISS_MIN_TOKENS:
+            return "torch"
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "flat"
 
-        Logits are ``scale * q . k_mem``, sorted descending.
+    def _faiss_topk(self, q: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+        """Indices [B, H, N, k] of the top-k memory keys of q [B, H, N, hd], from per-head faiss indexes."""
+        if self._faiss is None or self._faiss[0] != kind:
+            self._faiss = (kind, [faiss_index(self.mem_keys[h], kind) for h in range(self.num_heads)])
+        b, nh, n, hd = q.shape
+        qs = q.detach().float().cpu()
+        out = torch.empty(b, nh, n, k, dtype=torch.long)
+        for h, index in enumerate(self._faiss[1]):
+            _, ids = index.search(np.ascontiguousarray(qs[:, h].reshape(b * n, hd).numpy()), k)
+            out[:, h] = torch.from_numpy(ids).view(b, n, k)
+        return out.to(q.device)
+
+    def retrieve(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k search: q [B, H, N, hd] -> (scaled logits [B, H, N, k], memory indices [B, H, N, k]).
+
+        Logits are ``scale * q . k_mem``, sorted descending (exactly so for torch and faiss flat search).
         """
         k = min(self.top_k, self.mem_keys.shape[1])
+        kind = self.search_kind(q.device)
+        if kind != "torch":
+            idx = self._faiss_topk(q, k, kind)
+            heads = torch.arange(q.shape[1], device=q.device).view(1, -1, 1, 1)
+            keys = self.mem_keys[heads, idx]  # [B, H, N, k, hd]
+            logits = torch.einsum("bhnd,bhnkd->bhnk", q, keys) * self.scale
+            logits, order = logits.sort(dim=-1, descending=True)
+            return logits, idx.gather(-1, order)
         logits, idx = [], []
         for q_c in q.split(self.query_chunk, dim=2):
             scores = torch.einsum("bhnd,hmd->bhnm", q_c, self.mem_keys)
@@ -176,6 +252,7 @@ def attach_memory(
     *,
     top_k: int | None = None,
     gate_init: float | None = None,
+    search: str = "auto",
 ) -> MemoryHandle:
     """Wrap ``model.image_encoder.blocks[block].attn`` in a :class:`MemoryAttention` (in place).
 
@@ -187,6 +264,7 @@ def attach_memory(
         top_k: keys retrieved per query and head (None: the memory's own, else 32).
         gate_init: per-head gate logit for every head; None takes a Memory's trained ``gate_logits``
             when it has them, else closed (output unchanged).
+        search: top-k search, one of :data:`SEARCHES`.
 
     Returns:
         a :class:`MemoryHandle`; :func:`detach_memory` undoes the swap.
@@ -210,7 +288,9 @@ def attach_memory(
     if not isinstance(attn, RelPosAttention):
         raise ValueError(f"block {block} has no attention (MLP-only block); choose a block with attention")
     k = 32 if top_k is None else top_k
-    wrapper = MemoryAttention(attn, keys, values, top_k=k, gate_init=CLOSED_LOGIT if gate_init is None else gate_init)
+    wrapper = MemoryAttention(
+        attn, keys, values, top_k=k, gate_init=CLOSED_LOGIT if gate_init is None else gate_init, search=search
+    )
     if trained is not None:
         with torch.no_grad():
             wrapper.gate_logit.copy_(trained.to(wrapper.gate_logit))
