@@ -355,6 +355,31 @@ def write_mask(
     return target
 
 
+def write_image(volume: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write ``volume``'s intensities on its own grid as NIfTI, NRRD or MHA/MHD (by extension), atomically.
+
+    Float arrays holding only integers within int16 are stored as int16 (CT in HU, most MR); others keep
+    their dtype. Refuses to overwrite ``volume``'s own file; returns the written path.
+    """
+    target = Path(path).expanduser()
+    _check_target(target, volume)
+    fmt = _output_format(target)
+    if fmt == "dicom-seg":
+        raise ValueError(f"write_image writes NIfTI, NRRD or MHA/MHD, not DICOM ({target})")
+    data = np.asarray(volume.array)
+    if np.issubdtype(data.dtype, np.floating) and data.size:
+        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+        if -32768 <= lo and hi <= 32767 and np.array_equal(data, np.round(data)):
+            data = data.astype(np.int16)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_output(target) as tmp:
+        if fmt == "nifti":
+            _write_nifti(data, volume, tmp)
+        else:
+            _write_itk(data, volume, tmp)
+    return target
+
+
 def nifti_bytes(array: np.ndarray, reference: Volume, compresslevel: int = 1) -> bytes:
     """``array`` (X, Y, Z) on ``reference``'s grid as the bytes of a gzip-compressed NIfTI-1 file.
 

@@ -1,0 +1,210 @@
+"""The default model's training set, from open data that installs offline.
+
+Four sources, each a function returning one labelled case ``(image, label map, {name: value})`` on the
+image's own grid; :func:`build_training_set` writes them as an nnU-Net raw folder (``imagesTr/``,
+``labelsTr/``, ``dataset.json``) that ``volsam train --data`` reads. Label values are offset per source
+(AAL as is, NeuroMaps + 10000, CT + 20000, MNI152 + 30000) so every structure has its own value.
+
+- :func:`colin27_case`: Colin27 T1 with the AAL atlas (Debian ``mricron-data``) **minus the held-out
+  evaluation structures** (:data:`HELD_OUT_AAL`), set to background so none of their voxels is a target;
+- :func:`inia19_case`: the macaque inia19 T1 with its NeuroMaps labels (``mricron-data``), labels under
+  :data:`MIN_NEUROMAPS_VOXELS` dropped;
+- :func:`invesalius_case`: the head CT of Debian ``invesalius-examples`` (``Cranium.inv3``), with skull and
+  head labelled by threshold (:func:`read_inv3`, :func:`ct_head_labels`);
+- :func:`mni152_case`: the MNI152 2009a symmetric T1 template shipped inside nilearn, with grey and white
+  matter from its probability maps.
+
+Synthetic images from these label maps (random contrast per label) are drawn on the fly by ``volsam train
+--p-synth``, so the model is not tied to one modality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import plistlib
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+
+from volsam.eval.datasets import MRICRON_TEMPLATES
+from volsam.io import Volume, read_image, write_image, write_mask
+
+HELD_OUT_AAL = frozenset({37, 38, 41, 42, 71, 72, 73, 74, 77, 78})
+"""AAL values never used for training: left/right hippocampus, amygdala, caudate, putamen, thalamus."""
+
+MIN_NEUROMAPS_VOXELS = 4000
+"""NeuroMaps labels smaller than this many 0.5 mm voxels (500 mm^3, ~150 voxels at the model's 1.5 mm) are
+dropped."""
+
+INVESALIUS_EXAMPLE = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
+"""Where Debian's ``invesalius-examples`` installs its head CT project."""
+
+SKULL_HU = 226
+"""Bone threshold (HU) of the InVesalius example's own bone mask."""
+
+HEAD_HU = -300
+"""Soft-tissue threshold (HU) separating the head from the air around it."""
+
+
+class LabelledCase(NamedTuple):
+    """One training case: ``image`` and ``label`` share a grid; ``labels`` maps names to label values."""
+
+    name: str
+    image: Volume
+    label: np.ndarray
+    labels: dict[str, int]
+
+
+def _aal_names(path: Path) -> dict[int, str]:
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def _require(path: Path, package: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: apt-get install {package}")
+
+
+def colin27_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
+    """Colin27 T1 (1 mm) with AAL labels, the held-out structures removed."""
+    _require(templates / "ch2.nii.gz", "mricron-data")
+    aal = read_image(templates / "aal.nii.gz", dtype=None)
+    names = _aal_names(templates / "aal.nii.txt")
+    lab = np.asarray(aal.array).astype(np.uint16)
+    lab[np.isin(lab, list(HELD_OUT_AAL))] = 0
+    labels = {f"AAL_{names.get(int(v), v)}": int(v) for v in np.unique(lab) if v}
+    return LabelledCase("colin27", read_image(templates / "ch2.nii.gz"), lab, labels)
+
+
+def inia19_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
+    """The macaque inia19 T1 (0.5 mm) with its NeuroMaps labels of at least MIN_NEUROMAPS_VOXELS voxels."""
+    _require(templates / "inia19-t1-brain.nii.gz", "mricron-data")
+    nm = read_image(templates / "inia19-NeuroMaps.nii.gz", dtype=None)
+    lab = np.asarray(nm.array).astype(np.int64)
+    counts = np.bincount(lab.ravel().clip(min=0))
+    lab[np.isin(lab, np.flatnonzero(counts < MIN_NEUROMAPS_VOXELS))] = 0
+    lab = np.where(lab > 0, lab + 10000, 0).astype(np.uint16)
+    labels = {f"NeuroMaps_{int(v) - 10000}": int(v) for v in np.unique(lab) if v}
+    return LabelledCase("inia19", read_image(templates / "inia19-t1-brain.nii.gz"), lab, labels)
+
+
+def read_inv3(path: Path) -> Volume:
+    """The CT of an InVesalius project (``.inv3``: a gzipped tar of ``main.plist`` + a raw ``matrix.dat``).
+
+    ``main.plist`` gives the matrix's dtype and shape (slices, rows, columns) and the spacing (x, y, z) in mm.
+    Returns a :class:`Volume` whose array is (x, y, z) = (columns, rows, slices), HU, with a diagonal affine
+    (the project stores no orientation beyond "axial", so the origin is 0 and axes are taken as RAS+).
+    """
+    with tarfile.open(path, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        if "main.plist" not in members:
+            raise ValueError(f"{path}: not an InVesalius project (no main.plist)")
+        main = plistlib.load(tar.extractfile(members["main.plist"]))
+        info = main["matrix"]
+        raw = tar.extractfile(members[info["filename"]]).read()
+    shape = tuple(int(s) for s in info["shape"])
+    arr = np.frombuffer(raw, dtype=np.dtype(info["dtype"]))
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: matrix has {arr.size} values, expected {shape}")
+    vol = arr.reshape(shape).transpose(2, 1, 0).astype(np.float32)
+    affine = np.diag([*(float(s) for s in main["spacing"]), 1.0])
+    return Volume(vol, affine)
+
+
+def ct_head_labels(hu: np.ndarray, skull_hu: float = SKULL_HU, head_hu: float = HEAD_HU) -> np.ndarray:
+    """Skull (1) and the rest of the head (2) of a head CT by threshold: hu (X, Y, Z) -> uint8 label map.
+
+    Skull: the largest connected component above ``skull_hu``. Head: the largest component above
+    ``head_hu``, holes filled slice by slice (air in sinuses and ear canals), minus the skull.
+    """
+    def largest(mask: np.ndarray) -> np.ndarray:
+        lab, n = ndimage.label(mask)
+        if n == 0:
+            return mask
+        sizes = np.bincount(lab.ravel())[1:]
+        return lab == (1 + int(np.argmax(sizes)))
+
+    skull = largest(hu >= skull_hu)
+    head = largest(hu >= head_hu)
+    for k in range(head.shape[2]):
+        head[..., k] = ndimage.binary_fill_holes(head[..., k])
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    out[head] = 2
+    out[skull] = 1
+    return out
+
+
+def invesalius_case(path: Path = INVESALIUS_EXAMPLE) -> LabelledCase:
+    """The head CT of ``invesalius-examples`` with skull and head by threshold."""
+    _require(path, "invesalius-examples")
+    ct = read_inv3(path)
+    lab = ct_head_labels(np.asarray(ct.array)).astype(np.uint16)
+    lab = np.where(lab > 0, lab + 20000, 0).astype(np.uint16)
+    return LabelledCase("invesalius_head_ct", ct, lab, {"CT_skull": 20001, "CT_head": 20002})
+
+
+def nilearn_data_dir() -> Path:
+    """nilearn's packaged data folder (``nilearn/datasets/data``), found without importing nilearn."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("nilearn not installed: pip install 'volsam[data]' (its package holds MNI152 2009a)")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+def mni152_case(data_dir: Path | None = None) -> LabelledCase:
+    """MNI152 2009a symmetric T1 (1 mm) with grey (30001) and white matter (30002): the larger of the two
+    probability maps where it is at least 0.5."""
+    d = nilearn_data_dir() if data_dir is None else Path(data_dir)
+    stem = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+    _require(d / stem.format("t1"), "nilearn (pip)")
+    t1 = read_image(d / stem.format("t1"))
+    gm = np.asarray(read_image(d / stem.format("gm")).array)
+    wm = np.asarray(read_image(d / stem.format("wm")).array)
+    lab = np.zeros(gm.shape, dtype=np.uint16)
+    lab[(gm >= 0.5) & (gm >= wm)] = 30001
+    lab[(wm >= 0.5) & (wm > gm)] = 30002
+    return LabelledCase("mni152_2009a", t1, lab, {"MNI152_grey_matter": 30001, "MNI152_white_matter": 30002})
+
+
+SOURCES = {"colin27": colin27_case, "inia19": inia19_case, "invesalius": invesalius_case, "mni152": mni152_case}
+"""Source name -> case function, in the order :func:`build_training_set` writes them."""
+
+
+def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> dict[str, int]:
+    """Write the chosen sources under ``out`` as an nnU-Net raw folder; returns its ``labels`` map.
+
+    A source whose package is missing raises ``FileNotFoundError`` naming the package to install.
+    """
+    sources = list(sources)
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
+    out = Path(out)
+    labels: dict[str, int] = {"background": 0}
+    names = []
+    for s in sources:
+        case = SOURCES[s]()
+        write_image(case.image, out / "imagesTr" / f"{case.name}_0000.nii.gz")
+        write_mask(case.label, case.image, out / "labelsTr" / f"{case.name}.nii.gz")
+        labels.update(case.labels)
+        names.append(case.name)
+    meta = {
+        "name": "volsam-default-train",
+        "description": "open data installed offline: " + ", ".join(names),
+        "channel_names": {"0": "image"},
+        "labels": labels,
+        "numTraining": len(names),
+        "file_ending": ".nii.gz",
+        "held_out_aal": sorted(HELD_OUT_AAL),
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return labels
