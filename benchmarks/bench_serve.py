@@ -11,7 +11,10 @@ Isolation check: afterwards each session's click count must equal what its clien
 client's clicks alone in a fresh in-process ``Session`` must give the same label map (Dice 1 up to a
 voxel or two where a logit within rounding of 0 flips with thread scheduling).
 
-    python -m benchmarks.bench_serve [--model volsam_tiny] [--sessions 8] [--clicks 20] [--threads 2]
+The server and the replays share one model instance (``--model``: default the shipped model), so any
+difference is the server's doing.
+
+    python -m benchmarks.bench_serve [--model NAME_OR_CHECKPOINT] [--sessions 8] [--clicks 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="volsam_tiny", help="name, checkpoint or ONNX export folder")
+    ap.add_argument("--model", default=None, help="name, checkpoint or ONNX export folder (default: shipped)")
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the server")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from volsam.eval.metrics import dice
     from volsam.serve import create_app
     from volsam.serve.background import background_server
-    from volsam.session import Session
+    from volsam.session import Session, resolve_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         images.append(shifted)
         uploads.append(gzip.compress(nib.Nifti1Image(shifted, base.affine).to_bytes(), compresslevel=1))
 
-    app = create_app(args.model, max_sessions=args.sessions, device="cpu")
+    model = resolve_model(args.model, "cpu")  # one instance for the server and the replays
+    app = create_app(model, max_sessions=args.sessions, device="cpu")
     stack = contextlib.ExitStack()
     url = stack.enter_context(background_server(app))
 
@@ -97,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     first = [v for r in results for v in r["first"]]
     further = [v for r in results for v in r["further"]]
-    proto = Session(args.model, "cpu")
     isolation = []
     for s, r in enumerate(results):
-        replay = Session(proto.model, "cpu")
+        replay = Session(model, "cpu")
         replay.set_image(images[s], base.affine)
         for point, positive in r["sent"]:
             replay.add_click(point, positive=positive)
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     out = {
-        "model": args.model,
+        "model": args.model or "shipped default",
         "sessions": args.sessions,
         "clicks_per_session": args.clicks,
         "torch_threads": args.threads,
