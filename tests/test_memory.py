@@ -255,7 +255,7 @@ def test_auto_search_uses_faiss_only_for_large_memories(monkeypatch):
     wrapper = MemoryAttention(inner, torch.randn(1, 100, 16), torch.randn(1, 100, 16))
     assert wrapper.search_kind(torch.device("cpu")) == "torch"
     monkeypatch.setattr(ma, "FAISS_MIN_TOKENS", 100)
-    assert wrapper.search_kind(torch.device("cpu")) == "flat"
+    assert wrapper.search_kind(torch.device("cpu")) == "hnsw"
     assert wrapper.search_kind(torch.device("cuda")) == "torch"  # faiss-cpu would copy queries off the GPU
 
 

@@ -43,12 +43,13 @@ CLOSED_LOGIT = -30.0
 
 SEARCHES = ("auto", "torch", "faiss", "faiss-hnsw")
 """Top-k search of :class:`MemoryAttention`: exact torch, faiss exact (``IndexFlatIP``), faiss HNSW
-(approximate), or ``auto`` (faiss exact on CPU from :data:`FAISS_MIN_TOKENS` memorised tokens when faiss is
-installed, else torch)."""
+(approximate), or ``auto`` (faiss HNSW on CPU from :data:`FAISS_MIN_TOKENS` memorised tokens when faiss is
+installed, else exact torch)."""
 
 FAISS_MIN_TOKENS = 65536
-"""From this many memorised tokens ``search="auto"`` uses faiss on CPU: there the [chunk, M] torch score
-matrix is the cost (``python -m benchmarks.bench_memory --search-sizes`` measures the cross-over)."""
+"""From this many memorised tokens ``search="auto"`` uses faiss HNSW on CPU. Below it exact torch search is
+faster than both faiss indexes on the development CPU; above it the [N, M] score matrix and its top-k grow
+linearly while HNSW does not (``python -m benchmarks.bench_memory --search-sizes`` measures both)."""
 
 
 def faiss_index(keys: torch.Tensor, kind: str = "flat") -> Any:
@@ -155,7 +156,7 @@ class MemoryAttention(nn.Module):
             import faiss  # noqa: F401
         except ImportError:
             return "torch"
-        return "flat"
+        return "hnsw"
 
     def _faiss_topk(self, q: torch.Tensor, k: int, kind: str) -> torch.Tensor:
         """Indices [B, H, N, k] of the top-k memory keys of q [B, H, N, hd], from per-head faiss indexes."""
