@@ -151,6 +151,9 @@ def test_labels_download_round_trips(client, nifti_bytes, truth, tmp_path, fmt):
 def test_labels_bad_format_is_422(client, nifti_bytes):
     sid = _new(client, nifti_bytes)
     assert client.get(f"/sessions/{sid}/labels", params={"format": "png"}).status_code == 422
+    r = client.get(f"/sessions/{sid}/labels", params={"format": "dcm"})  # DICOM-SEG needs a DICOM series
+    assert r.status_code == 400 and "DICOM series" in r.json()["detail"]
+    assert "labels.nii.gz" in client.get(f"/sessions/{sid}/labels").headers["content-disposition"]
 
 
 @pytest.mark.parametrize(
@@ -388,8 +391,14 @@ def test_upload_itk_formats(client, tmp_path, nifti_bytes, suffix, truth):
     r = _upload(client, out.read_bytes(), name=out.name)
     assert r.status_code == 201, r.text
     assert r.json()["shape"] == list(SHAPE) and np.allclose(r.json()["affine"], AFFINE, atol=1e-5)
-    r = client.post(f"/sessions/{r.json()['id']}/clicks", json={"point": CENTRE})
+    sid = r.json()["id"]
+    r = client.post(f"/sessions/{sid}/clicks", json={"point": CENTRE})
     assert r.json()["voxels"] == truth.sum()
+    r = client.get(f"/sessions/{sid}/labels")  # default: the image's own format
+    assert f"labels{suffix}" in r.headers["content-disposition"]
+    back = tmp_path / f"labels{suffix}"
+    back.write_bytes(r.content)
+    assert np.array_equal(read_image(back, dtype=None).array > 0, truth)
 
 
 def test_dicom_folder_under_the_data_root(client, data_root, tmp_path):
@@ -405,6 +414,12 @@ def test_dicom_folder_under_the_data_root(client, data_root, tmp_path):
     body = client.post(f"/sessions/{sid}/clicks", json={"point": [12, 10, 8]}).json()
     assert body["voxels"] > 0
     assert client.get(f"/sessions/{sid}/labels", params={"format": "nii.gz"}).status_code == 200
+    r = client.get(f"/sessions/{sid}/labels")  # default for a DICOM series: DICOM-SEG
+    assert r.status_code == 200 and "labels.dcm" in r.headers["content-disposition"]
+    import pydicom
+
+    seg = pydicom.dcmread(io.BytesIO(r.content))
+    assert seg.Modality == "SEG" and int(seg.NumberOfFrames) > 0
     # a symlink inside the folder pointing out of the root is refused
     (data_root / "case02" / "dicom" / "evil.dcm").symlink_to(tmp_path / "secret.nii.gz")
     assert client.post("/sessions", json={"path": "case02/dicom"}).status_code == 403

@@ -12,7 +12,8 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 - ``POST /sessions/{id}/clicks`` ``{"point", "positive", "world"}`` -> ``{"voxels", "latency_ms", "object",
   "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
   ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
-- ``GET /sessions/{id}/labels?format=nii.gz|nrrd|mha``: the label map file on the image grid.
+- ``GET /sessions/{id}/labels?format=auto|nii.gz|nrrd|mha|dcm``: the label map file on the image grid
+  (``auto``, the default: the image's own format, DICOM-SEG for a DICOM series).
 - ``GET /sessions/{id}/overlay?order=C|F``: the label map as gzip-compressed raw bytes (``application/gzip``)
   of the (X, Y, Z) image array, C order (byte ``(i * Y + j) * Z + k`` is voxel (i, j, k)) or F order
   (NIfTI's, i fastest); headers ``X-Shape`` (``X,Y,Z``), ``X-Dtype`` (``uint8``, or ``uint16`` past 255
@@ -60,6 +61,9 @@ from starlette.concurrency import run_in_threadpool
 
 from volsam.io import ImageReadError, Volume, nifti_bytes, read_image
 from volsam.session import Session
+
+_OWN_FORMAT = {"nifti": "nii.gz", "nrrd": "nrrd", "mha": "mha", "mhd": "mha", "dicom": "dcm"}
+"""Label-file format ``GET /sessions/{id}/labels?format=auto`` gives for each input format."""
 
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
@@ -437,9 +441,14 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"application/octet-stream": {}}, "description": "label map file"}},
     )
-    def labels(sid: str, format: Literal["nii.gz", "nrrd", "mha"] = "nii.gz") -> Response:
-        """The label map (object n has label n) as a file on the image's grid."""
+    def labels(sid: str, format: Literal["auto", "nii.gz", "nrrd", "mha", "dcm"] = "auto") -> Response:
+        """The label map (object n has label n) as a file on the image's grid; ``auto``: the image's own
+        format (NIfTI, NRRD, MHA, or DICOM-SEG for a DICOM series)."""
         with prompt(sid) as s:
+            if format == "auto":
+                format = _OWN_FORMAT.get(s.volume.format, "nii.gz")
+            if format == "dcm" and s.volume.format != "dicom":
+                raise HTTPException(400, f"DICOM-SEG needs a DICOM series; this image is {s.volume.format}")
             tmpdir = tempfile.mkdtemp(prefix="volsam-labels-")
             try:
                 data = s.save(Path(tmpdir) / f"labels.{format}").read_bytes()

@@ -148,10 +148,13 @@ $("opacity").addEventListener("input", (e) => {
 });
 $("save").addEventListener("click", async () => {
   try {
-    const blob = await (await api(`sessions/${state.id}/labels?format=nii.gz`)).blob();
+    // The server picks the image's own format (DICOM-SEG for a DICOM series) and names the file.
+    const resp = await api(`sessions/${state.id}/labels`);
+    const disposition = resp.headers.get("Content-Disposition") || "";
+    const blob = await resp.blob();
     const a = document.createElement("a");
     a.href = URL.createObjectURL(blob);
-    a.download = "labels.nii.gz";
+    a.download = (disposition.match(/filename="([^"]+)"/) || [])[1] || "labels.nii.gz";
     a.click();
     URL.revokeObjectURL(a.href);
   } catch (err) {
