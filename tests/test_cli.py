@@ -55,6 +55,18 @@ def test_segment_writes_mask_on_input_grid(image, tmp_path, capsys):
     assert err.index("+ click (17.0") < err.index("- click (30.0") < err.index("+ click (18.0")
 
 
+def test_segment_with_the_shipped_model_and_dilated_encoder_attention(image, tmp_path):
+    dense, dilated = tmp_path / "dense.nii.gz", tmp_path / "dilated.nii.gz"
+    point = "44,56,56"  # left thalamus of the bundled crop
+    for out, extra in ((dense, []), (dilated, ["--encoder-attention", "dilated"])):
+        assert main(["segment", str(DEMO_IMAGE), "--point", point, "-o", str(out), *extra]) == 0
+    a = read_image(dense, dtype=None).array > 0
+    b = read_image(dilated, dtype=None).array > 0
+    assert a.any() and b.any() and not np.array_equal(a, b)  # the backend changed the encoder's output
+    with pytest.raises(SystemExit):
+        main(["segment", str(image), "--point", "1,1,1", "--encoder-attention", "sparse"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -99,3 +99,26 @@ def test_attention_backend_override_keeps_the_weights(tmp_path):
         build_model("fastsam3d_mini", attention_backend="sparse")
     with pytest.raises(ValueError, match="needs a model name"):
         build_model(None, ckpt, attention_backend="dilated")
+
+
+def test_set_attention_backend_in_place_equals_building_with_it(tmp_path):
+    import torch
+
+    from volsam import save_checkpoint
+    from volsam.registry import build_model
+    from volsam.session import resolve_model
+
+    torch.manual_seed(0)
+    dense = build_model("fastsam3d_mini")
+    ckpt = save_checkpoint(dense, tmp_path / "m.pt")
+    built = build_model("fastsam3d_mini", ckpt, attention_backend="dilated").eval()
+    switched = resolve_model(ckpt, "cpu", attention_backend="dilated")  # checkpoint path: variant inferred
+    x = torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got, plain = built.image_encoder(x), switched.image_encoder(x), dense.eval().image_encoder(x)
+        switched.image_encoder.set_attention_backend("dense")
+        back = switched.image_encoder(x)
+    assert torch.equal(got, want) and not torch.allclose(got, plain, atol=1e-4)
+    assert torch.equal(back, plain) and switched.image_encoder.cfg.attention_backend == "dense"
+    with pytest.raises(ValueError, match="attention_backend must be 'dense' or 'dilated'"):
+        switched.image_encoder.set_attention_backend("flash")

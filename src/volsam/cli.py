@@ -68,6 +68,12 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
         "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a CUDA GPU, fp32 on CPU"
     )
     p.add_argument("--attention", default="auto", choices=ATTENTION, help="SDPA kernel (flash: CUDA + bf16/fp16)")
+    p.add_argument(
+        "--encoder-attention",
+        default=None,
+        choices=("dense", "dilated"),
+        help="encoder global attention, same weights (default: the model's own; dilated = FastSAM3D's sparse)",
+    )
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -118,6 +124,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         precision=args.precision,
         attention=args.attention,
         memory=args.memory,
+        attention_backend=args.encoder_attention,
     )
     _err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
@@ -173,6 +180,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         decoder_checkpoint=args.decoder_checkpoint,
         trust_checkpoint=args.trust_checkpoint,
         memory=args.memory,
+        attention_backend=args.encoder_attention,
     )
     print(summary.markdown(), end="")
     for case, why in summary.skipped:
@@ -338,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
+    p.add_argument("--encoder-attention", default=None, choices=("dense", "dilated"), help="as for segment")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -62,14 +62,21 @@ def resolve_model(
     *,
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
+    attention_backend: str | None = None,
 ) -> Sam3D:
     """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
-    by onnxruntime on the CPU), an instance, or None (the shipped default)."""
+    by onnxruntime on the CPU), an instance, or None (the shipped default).
+
+    ``attention_backend`` (``"dense"`` or ``"dilated"``) switches the encoder's global attention, same
+    weights (:meth:`~volsam.modeling.image_encoder.ImageEncoderViT3D.set_attention_backend`); an instance
+    passed in is switched in place."""
     if model is not None and not isinstance(model, Sam3D) and (Path(model) / "export.json").is_file():
         from volsam.export import OnnxModel
 
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"an ONNX export runs on the CPU here, got device {device}")
+        if attention_backend is not None:
+            raise ValueError("an ONNX export has its attention fixed at export time; export the model with it")
         return OnnxModel(model)  # type: ignore[return-value]
     if isinstance(model, Sam3D):
         net = model
@@ -88,6 +95,8 @@ def resolve_model(
         if not path.exists():
             raise ValueError(f"model must be one of {', '.join(list_models())} or a checkpoint file; got {model}")
         net = load_checkpoint(path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint)
+    if attention_backend is not None:
+        net.image_encoder.set_attention_backend(attention_backend)
     net.eval()
     return net.to(device) if device is not None else net
 
@@ -133,6 +142,8 @@ class Session:
         cache_size: window embeddings kept (least recently used are dropped).
         memory: a Memorizing-SAM memory file (``volsam memory build`` + ``volsam train --memory``) attached
             in place to its encoder block of the model.
+        attention_backend: ``"dense"`` or ``"dilated"`` global attention in the encoder (same weights);
+            None keeps the model's own.
         precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16, SDPA
             and ``torch.compile`` on a CUDA GPU; fp32 without compilation on CPU; what the device cannot
             run falls back with a warning).
@@ -155,6 +166,7 @@ class Session:
         attention: str = "auto",
         compile: bool | None = None,
         memory: str | Path | None = None,
+        attention_backend: str | None = None,
     ) -> None:
         if device is None:
             onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
@@ -164,7 +176,11 @@ class Session:
         self.runtime = choose_runtime(device, precision, attention, compile)
         self.device = self.runtime.device
         self.model = resolve_model(
-            model, self.device, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
+            model,
+            self.device,
+            decoder_checkpoint=decoder_checkpoint,
+            trust_checkpoint=trust_checkpoint,
+            attention_backend=attention_backend,
         )
         if memory is not None:
             from volsam.memory import use_memory

@@ -512,6 +512,7 @@ def evaluate(
     session_factory: SessionFactory | None = None,
     write: bool = True,
     memory: str | Path | None = None,
+    attention_backend: str | None = None,
 ) -> Summary:
     """Run a simulated-click protocol over a dataset and write the reports (see the module docstring).
 
@@ -535,6 +536,7 @@ def evaluate(
             building a Session from ``model`` (picklable when ``workers > 1``); for tests.
         write: write the report files (``Summary.files``).
         memory: Memorizing-SAM memory file attached to the model (:func:`volsam.memory.use_memory`).
+        attention_backend: ``"dense"`` or ``"dilated"`` encoder attention (same weights); None: the model's.
 
     Raises:
         ValueError: bad protocol, clicks, workers, seed or labels; FileNotFoundError: no such dataset.
@@ -564,6 +566,8 @@ def evaluate(
     injected = session_factory is not None
     if session_factory is None:
         net = _resolve_model(model, cfg.seed, None if workers > 1 else device, decoder_checkpoint, trust_checkpoint)
+        if attention_backend is not None:
+            net.image_encoder.set_attention_backend(attention_backend)
         if memory is not None:
             from volsam.memory import use_memory
 

@@ -100,6 +100,21 @@ class ImageEncoderViT3D(nn.Module):
                 f"image must be {expected} (a cube whose side is a multiple of {c.patch_size}), got {tuple(x.shape)}"
             )
 
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch the global-attention blocks to ``"dense"`` or ``"dilated"`` attention, in place.
+
+        Same parameters and state_dict; the result equals building the model with that backend
+        (``build_model(name, ckpt, attention_backend=...)``). Windowed blocks are left as they are.
+        """
+        from dataclasses import replace
+
+        cfg = replace(self.cfg, attention_backend=backend)  # validates the name
+        for i, blk in enumerate(self.blocks):
+            if blk.attn is not None and cfg.is_global(i):
+                inner = getattr(blk.attn, "inner", blk.attn)  # a memory wrapper keeps the block's attention
+                inner.dilated_branches = cfg.dilated_branches if backend == "dilated" else None
+        self.cfg = cfg
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding plus position embedding: [B, 1, S, S, S] -> [B, G, G, G, C]."""
         self.check_input(x)
