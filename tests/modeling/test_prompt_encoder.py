@@ -15,7 +15,7 @@ def test_click_prior_by_hand_and_in_decode():
     m = click_prior(coords, labels, 32, 128, 6.0, 8.0)
     assert m.shape == (1, 1, 32, 32, 32)
     # cell (16, 2, 7) has centre (65.5, 9.5, 29.5): 0.5 voxel from the positive click
-    assert torch.isclose(m[0, 0, 16, 2, 7], torch.tensor(8.0 * torch.exp(torch.tensor(-0.25 / 72))), atol=1e-3)
+    assert torch.isclose(m[0, 0, 16, 2, 7], 8.0 * torch.exp(torch.tensor(-0.25 / 72)), atol=1e-3)
     assert torch.isclose(m[0, 0, 0, 0, 0], torch.tensor(-8.0), atol=1e-3)  # the negative click's cell
     # the padding point contributes nothing: same map without it
     assert torch.allclose(m, click_prior(coords[:, :2], labels[:, :2], 32, 128, 6.0, 8.0))
