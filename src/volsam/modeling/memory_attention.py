@@ -167,6 +167,8 @@ class MemoryAttention(nn.Module):
         out = torch.empty(b, nh, n, k, dtype=torch.long)
         for h, index in enumerate(self._faiss[1]):
             _, ids = index.search(np.ascontiguousarray(qs[:, h].reshape(b * n, hd).numpy()), k)
+            # HNSW may find fewer than k neighbours (-1): repeat the best one rather than index key -1.
+            ids = np.where(ids < 0, ids[:, :1], ids)
             out[:, h] = torch.from_numpy(ids).view(b, n, k)
         return out.to(q.device)
 
