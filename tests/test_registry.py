@@ -114,11 +114,13 @@ def test_set_attention_backend_in_place_equals_building_with_it(tmp_path):
     built = build_model("fastsam3d_mini", ckpt, attention_backend="dilated").eval()
     switched = resolve_model(ckpt, "cpu", attention_backend="dilated")  # checkpoint path: variant inferred
     x = torch.randn(1, 1, 128, 128, 128, generator=torch.Generator().manual_seed(1))
+    assert switched.config.encoder.attention_backend == "dilated"  # what checkpoints and exports record
     with torch.no_grad():
         want, got, plain = built.image_encoder(x), switched.image_encoder(x), dense.eval().image_encoder(x)
-        switched.image_encoder.set_attention_backend("dense")
+        switched.set_attention_backend("dense")
         back = switched.image_encoder(x)
     assert torch.equal(got, want) and not torch.allclose(got, plain, atol=1e-4)
     assert torch.equal(back, plain) and switched.image_encoder.cfg.attention_backend == "dense"
+    assert switched.config.encoder.attention_backend == "dense"
     with pytest.raises(ValueError, match="attention_backend must be 'dense' or 'dilated'"):
-        switched.image_encoder.set_attention_backend("flash")
+        switched.set_attention_backend("flash")

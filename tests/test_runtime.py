@@ -35,14 +35,21 @@ def test_unknown_choices_are_errors():
         choose_runtime("cpu", attention="xformers")
 
 
-def test_math_kernel_context_gives_the_same_attention():
+def test_math_kernel_context_restricts_sdpa_and_restores_it():
     q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
     rt = choose_runtime("cpu", attention="math")
+    before = torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()
     with rt.context():
+        assert not torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled() and torch.is_inference_mode_enabled()
         got = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        assert torch.is_inference_mode_enabled()
+    assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()) == before
     ref = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_compilation_is_opt_in():
+    assert not choose_runtime("cpu").compile and choose_runtime("cpu", compile=True).compile
 
 
 def test_session_and_cli_fall_back_with_a_one_line_warning(tmp_path, capsys):

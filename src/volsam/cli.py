@@ -69,6 +69,13 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--attention", default="auto", choices=ATTENTION, help="SDPA kernel (flash: CUDA + bf16/fp16)")
     p.add_argument(
+        "--compile", action="store_true", help="torch.compile encoder and decoder (pays off over many volumes)"
+    )
+    _add_encoder_attention_arg(p)
+
+
+def _add_encoder_attention_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--encoder-attention",
         default=None,
         choices=("dense", "dilated"),
@@ -123,6 +130,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         precision=args.precision,
         attention=args.attention,
+        compile=args.compile,
         memory=args.memory,
         attention_backend=args.encoder_attention,
     )
@@ -346,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
-    p.add_argument("--encoder-attention", default=None, choices=("dense", "dilated"), help="as for segment")
+    _add_encoder_attention_arg(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from volsam.modeling import Sam3D
-from volsam.modeling.prompt_encoder import click_prior
 
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["image_embeddings"]
@@ -56,7 +55,6 @@ class DecoderWrapper(nn.Module):
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
-        self.prompt_cfg = model.config.prompt
         with torch.no_grad():
             self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().clone(), persistent=False)
 
@@ -73,12 +71,8 @@ class DecoderWrapper(nn.Module):
         pe = self.prompt_encoder
         sparse = pe._embed_points(point_coords.float(), point_labels, pad=True)
         h = has_mask_input.reshape(1, 1, 1, 1, 1).to(image_embeddings.dtype)
-        c = self.prompt_cfg
-        if c.click_prior_sigma > 0:  # as Sam3D.decode: the click map joins (or is) the mask prompt
-            prior = click_prior(
-                point_coords.float(), point_labels, pe.mask_input_size, c.input_image_size,
-                c.click_prior_sigma, c.click_prior_amplitude,
-            )
+        prior = pe.click_prior(point_coords.float(), point_labels)
+        if prior is not None:  # as Sam3D.decode: the click map joins (or is) the mask prompt
             dense = pe.mask_downscaling(h * mask_input + prior)
         else:
             no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)

@@ -344,15 +344,7 @@ def write_mask(
         raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference, got {reference.format}")
     if not overwrite_ok and (target.exists() or target.is_symlink()):
         raise FileExistsError(f"output exists and overwriting is off: {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_output(target) as tmp:
-        if fmt == "nifti":
-            _write_nifti(data, reference, tmp)
-        elif fmt == "dicom-seg":
-            _write_dicom_seg(data, reference, tmp)
-        else:
-            _write_itk(data, reference, tmp)
-    return target
+    return _write_on_grid(data, reference, target, fmt)
 
 
 def write_image(volume: Volume, path: str | os.PathLike[str]) -> Path:
@@ -366,17 +358,28 @@ def write_image(volume: Volume, path: str | os.PathLike[str]) -> Path:
     fmt = _output_format(target)
     if fmt == "dicom-seg":
         raise ValueError(f"write_image writes NIfTI, NRRD or MHA/MHD, not DICOM ({target})")
-    data = np.asarray(volume.array)
+    return _write_on_grid(_compact_intensities(np.asarray(volume.array)), volume, target, fmt)
+
+
+def _compact_intensities(data: np.ndarray) -> np.ndarray:
+    """int16 for float arrays holding only integers within int16 (CT in HU, most MR), else unchanged."""
     if np.issubdtype(data.dtype, np.floating) and data.size:
         lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
         if -32768 <= lo and hi <= 32767 and np.array_equal(data, np.round(data)):
-            data = data.astype(np.int16)
+            return data.astype(np.int16)
+    return data
+
+
+def _write_on_grid(data: np.ndarray, reference: Volume, target: Path, fmt: str) -> Path:
+    """Write ``data`` (X, Y, Z) on ``reference``'s grid in format ``fmt``, atomically; returns ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_output(target) as tmp:
         if fmt == "nifti":
-            _write_nifti(data, volume, tmp)
+            _write_nifti(data, reference, tmp)
+        elif fmt == "dicom-seg":
+            _write_dicom_seg(data, reference, tmp)
         else:
-            _write_itk(data, volume, tmp)
+            _write_itk(data, reference, tmp)
     return target
 
 
@@ -389,11 +392,7 @@ def nifti_bytes(array: np.ndarray, reference: Volume, compresslevel: int = 1) ->
     data = np.asarray(array)
     if data.shape != reference.shape:
         raise ValueError(f"array shape {data.shape} differs from the reference image shape {reference.shape}")
-    if np.issubdtype(data.dtype, np.floating) and data.size:
-        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
-        if -32768 <= lo and hi <= 32767 and np.array_equal(data, np.round(data)):
-            data = data.astype(np.int16)
-    img = _nifti_image(data, reference)
+    img = _nifti_image(_compact_intensities(data), reference)
     return gzip.compress(img.to_bytes(), compresslevel=compresslevel)
 
 

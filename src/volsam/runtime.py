@@ -9,9 +9,11 @@ falls back with one warning line when it cannot:
   with bf16/fp16, otherwise it falls back to ``auto``. Blocks with decomposed relative-position bias
   (SAM-Med3D, FastSAM3D) pass that bias as an additive mask, which flash kernels do not take, so SDPA
   uses its memory-efficient kernel there even when ``flash`` is asked for.
-- compile ``auto``: ``torch.compile`` of the encoder and the decoder on CUDA (``reduce-overhead``, i.e.
-  CUDA graphs, for the click path whose shapes repeat), off on CPU, where compiling costs more than a
-  session gains.
+- compile: off unless asked for (``compile=True``). ``torch.compile`` costs seconds to tens of seconds
+  per encoder and again for the decoder at its first shapes, which an interactive session opened for a
+  few clicks does not win back; long-running servers and benchmarks turn it on. The decoder is compiled
+  without CUDA graphs: its point count grows with every click, and the default mode makes that
+  dimension dynamic after one recompilation instead of recording a graph per click count.
 
 Outputs are not bit-identical to fp32 under bf16 (about 1e-2 on logits); fp32 keeps volsam's exactness.
 """
@@ -105,5 +107,5 @@ def choose_runtime(
         _warn(f"flash attention needs {why}; using SDPA's default kernel choice on {dev.type} ({precision})")
         attention = "auto"
     if compile is None:
-        compile = cuda
+        compile = False
     return Runtime(dev, precision, attention, bool(compile))

@@ -68,7 +68,7 @@ def resolve_model(
     by onnxruntime on the CPU), an instance, or None (the shipped default).
 
     ``attention_backend`` (``"dense"`` or ``"dilated"``) switches the encoder's global attention, same
-    weights (:meth:`~volsam.modeling.image_encoder.ImageEncoderViT3D.set_attention_backend`); an instance
+    weights (:meth:`~volsam.modeling.sam3d.Sam3D.set_attention_backend`); an instance
     passed in is switched in place."""
     if model is not None and not isinstance(model, Sam3D) and (Path(model) / "export.json").is_file():
         from volsam.export import OnnxModel
@@ -96,7 +96,7 @@ def resolve_model(
             raise ValueError(f"model must be one of {', '.join(list_models())} or a checkpoint file; got {model}")
         net = load_checkpoint(path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint)
     if attention_backend is not None:
-        net.image_encoder.set_attention_backend(attention_backend)
+        net.set_attention_backend(attention_backend)
     net.eval()
     return net.to(device) if device is not None else net
 
@@ -144,9 +144,9 @@ class Session:
             in place to its encoder block of the model.
         attention_backend: ``"dense"`` or ``"dilated"`` global attention in the encoder (same weights);
             None keeps the model's own.
-        precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16, SDPA
-            and ``torch.compile`` on a CUDA GPU; fp32 without compilation on CPU; what the device cannot
-            run falls back with a warning).
+        precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16 and
+            SDPA's fused kernels on a CUDA GPU, fp32 on CPU; ``torch.compile`` only when ``compile=True``;
+            what the device cannot run falls back with a warning).
     """
 
     def __init__(
@@ -187,8 +187,7 @@ class Session:
 
             use_memory(self.model, memory)
         self._encode = self.runtime.maybe_compile(self.model.image_encoder)
-        # The click path repeats the same shapes, so CUDA graphs (reduce-overhead) pay off there.
-        self._decode = self.runtime.maybe_compile(self.model.decode, mode="reduce-overhead")
+        self._decode = self.runtime.maybe_compile(self.model.decode)
         self.size = self.model.img_size
         self.spacing = float(spacing)
         self.clip = clip
@@ -348,7 +347,8 @@ class Session:
         prev = ws.logits if ws.logits is not None else torch.zeros(1, 1, g, g, g, device=self.device)
         with self.runtime.context():
             low, _ = self._decode(emb, coords, labels, prev)
-            ws.logits = low = low.float()
+            # A copy: a compiled decoder may reuse its output buffers on the next call.
+            ws.logits = low = low.float().clone()
             ws.mask = self.model.upsample_mask(low).cpu().numpy()
         self.timings.decode_ms += (time.perf_counter() - t0) * 1e3
 

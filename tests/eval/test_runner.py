@@ -245,3 +245,11 @@ def test_colin27_cases_validate(mricron_dir: Path):
     cases = load_dataset("colin27-aal", ["Thalamus_L", "Brain"])
     assert [t.name for t in cases[0].targets] == ["Thalamus_L", "Brain"]
     assert all(validate_case(c) is None for c in cases)
+
+
+def test_encoder_attention_on_an_onnx_export_is_refused(dataset: Path, tmp_path: Path):
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    (export_dir / "export.json").write_text("{}")
+    with pytest.raises(ValueError, match="ONNX export has its attention fixed at export time"):
+        evaluate(dataset, export_dir, "sam_med3d", 1, tmp_path / "r", attention_backend="dilated", progress=False)

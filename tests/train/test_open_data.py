@@ -82,7 +82,6 @@ def test_mni152_tissue_labels(tmp_path):
 def test_build_training_set_writes_an_nnunet_folder(tmp_path, monkeypatch):
     ct = _phantom_ct()
     _write_inv3(tmp_path / "head.inv3", ct)
-    monkeypatch.setattr(open_data, "INVESALIUS_EXAMPLE", tmp_path / "head.inv3")
     monkeypatch.setitem(open_data.SOURCES, "invesalius", lambda: open_data.invesalius_case(tmp_path / "head.inv3"))
     labels = open_data.build_training_set(tmp_path / "out", ["invesalius"])
     assert labels == {"background": 0, "CT_skull": 20001, "CT_head": 20002}

@@ -264,7 +264,12 @@ class _SessionFactory:
 
 
 def _resolve_model(
-    model: Any, seed: int, device: str | None, decoder_checkpoint: str | Path | None, trust_checkpoint: bool
+    model: Any,
+    seed: int,
+    device: str | None,
+    decoder_checkpoint: str | Path | None,
+    trust_checkpoint: bool,
+    attention_backend: str | None = None,
 ) -> Any:
     """A Sam3D from a name (random weights drawn under ``torch.manual_seed(seed)``), path or instance."""
     from volsam.registry import list_models
@@ -276,7 +281,13 @@ def _resolve_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(model)
-    return resolve_model(model, device, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint)
+    return resolve_model(
+        model,
+        device,
+        decoder_checkpoint=decoder_checkpoint,
+        trust_checkpoint=trust_checkpoint,
+        attention_backend=attention_backend,
+    )
 
 
 def _model_label(model: Any) -> str:
@@ -565,9 +576,9 @@ def evaluate(
 
     injected = session_factory is not None
     if session_factory is None:
-        net = _resolve_model(model, cfg.seed, None if workers > 1 else device, decoder_checkpoint, trust_checkpoint)
-        if attention_backend is not None:
-            net.image_encoder.set_attention_backend(attention_backend)
+        net = _resolve_model(
+            model, cfg.seed, None if workers > 1 else device, decoder_checkpoint, trust_checkpoint, attention_backend
+        )
         if memory is not None:
             from volsam.memory import use_memory
 

@@ -41,6 +41,15 @@ class PromptEncoder3D(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, cfg.embed_dim)
 
+    def click_prior(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """The configured Gaussian click map [B, 1, 4G, 4G, 4G] (see :func:`click_prior`), None when off."""
+        c = self.cfg
+        if c.click_prior_sigma <= 0:
+            return None
+        return click_prior(
+            coords, labels, self.mask_input_size, c.input_image_size, c.click_prior_sigma, c.click_prior_amplitude
+        )
+
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid, [1, C, G, G, G]."""
         return self.pe_layer(self.image_embedding_size).unsqueeze(0)

@@ -9,7 +9,7 @@ from torch import nn
 from volsam.config import ModelConfig
 from volsam.modeling.image_encoder import ImageEncoderViT3D
 from volsam.modeling.mask_decoder import MaskDecoder3D
-from volsam.modeling.prompt_encoder import PromptEncoder3D, click_prior
+from volsam.modeling.prompt_encoder import PromptEncoder3D
 
 
 class Sam3D(nn.Module):
@@ -41,6 +41,13 @@ class Sam3D(nn.Module):
             )
         return cls(ImageEncoderViT3D(cfg.encoder), PromptEncoder3D(cfg.prompt), MaskDecoder3D(cfg.decoder), cfg)
 
+    def set_attention_backend(self, backend: str) -> None:
+        """Switch the encoder's global attention to ``"dense"`` or ``"dilated"`` in place, same weights;
+        the model's config follows, so checkpoints and exports record the backend in use."""
+        self.image_encoder.set_attention_backend(backend)
+        if self.config is not None:
+            self.config = self.config.with_encoder(attention_backend=backend)
+
     @property
     def img_size(self) -> int:
         return self.image_encoder.cfg.img_size
@@ -58,10 +65,8 @@ class Sam3D(nn.Module):
         Returns low-res logits [B, 1 or 3, 4G, 4G, 4G] and IoU predictions [B, 1 or 3].
         """
         points = None if coords is None else (coords, labels)
-        pc = self.config.prompt
-        if pc.click_prior_sigma > 0 and coords is not None:
-            g = self.prompt_encoder.mask_input_size
-            prior = click_prior(coords, labels, g, pc.input_image_size, pc.click_prior_sigma, pc.click_prior_amplitude)
+        prior = None if coords is None else self.prompt_encoder.click_prior(coords, labels)
+        if prior is not None:
             mask_input = prior if mask_input is None else mask_input + prior
         sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=mask_input)
         return self.mask_decoder(

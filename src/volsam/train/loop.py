@@ -796,6 +796,7 @@ def train(
     overwrite: bool = False,
     echo: Callable[[str], None] | None = None,
     trainable: Sequence[str] | None = None,
+    write_final: bool = True,
 ) -> FitResult:
     """Train (or fine-tune) ``model`` on ``data`` with SAM-Med3D's interactive recipe.
 
@@ -809,6 +810,7 @@ def train(
         overwrite: ignore an existing ``latest.pt`` and start afresh.
         echo: prints one-line messages.
         trainable: parameter-name prefixes to train (default: the whole model); the rest is frozen.
+        write_final: write ``final.pt``; off when the caller saves the result in its own form (a memory).
 
     Returns:
         What this call ran (steps, losses, last validation, checkpoint path).
@@ -835,7 +837,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     if world > 1:
         dist.barrier()
-    task = InteractiveTask(model, cfg, device, *(() if trainable is None else (tuple(trainable),)))
+    task = InteractiveTask(model, cfg, device) if trainable is None else InteractiveTask(model, cfg, device, trainable)
     log = TrainLog(out, (0, int(resume["step"])) if resume is not None else None, enabled=rank == 0)
     validate = make_validator(model, val_data, cfg, device)
 
@@ -854,7 +856,7 @@ def train(
         )
     finally:
         log.close()
-    if rank == 0:
+    if rank == 0 and write_final:
         save_checkpoint(model, out / "final.pt", model_name=model_name, step=max(result.end_step, steps))
     return result
 
@@ -992,6 +994,7 @@ def run_train(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             echo=_echo,
             trainable=trainable,
+            write_final=mem is None,
         )
         if mem is not None and rank == 0:
             _save_trained_memory(model, mem, Path(args.out), args.model)

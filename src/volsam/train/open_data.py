@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
+from volsam.atomic import atomic_path
 from volsam.eval.datasets import MRICRON_TEMPLATES
 from volsam.io import Volume, read_image, write_image, write_mask
 
@@ -69,14 +70,15 @@ def _aal_names(path: Path) -> dict[int, str]:
     return names
 
 
-def _require(path: Path, package: str) -> None:
+def _require(path: Path, install: str) -> None:
+    """``install``: the command that provides ``path``."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: apt-get install {package}")
+        raise FileNotFoundError(f"{path} not found: {install}")
 
 
 def colin27_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
     """Colin27 T1 (1 mm) with AAL labels, the held-out structures removed."""
-    _require(templates / "ch2.nii.gz", "mricron-data")
+    _require(templates / "ch2.nii.gz", "apt-get install mricron-data")
     aal = read_image(templates / "aal.nii.gz", dtype=None)
     names = _aal_names(templates / "aal.nii.txt")
     lab = np.asarray(aal.array).astype(np.uint16)
@@ -87,7 +89,7 @@ def colin27_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
 
 def inia19_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
     """The macaque inia19 T1 (0.5 mm) with its NeuroMaps labels of at least MIN_NEUROMAPS_VOXELS voxels."""
-    _require(templates / "inia19-t1-brain.nii.gz", "mricron-data")
+    _require(templates / "inia19-t1-brain.nii.gz", "apt-get install mricron-data")
     nm = read_image(templates / "inia19-NeuroMaps.nii.gz", dtype=None)
     lab = np.asarray(nm.array).astype(np.int64)
     counts = np.bincount(lab.ravel().clip(min=0))
@@ -145,7 +147,7 @@ def ct_head_labels(hu: np.ndarray, skull_hu: float = SKULL_HU, head_hu: float = 
 
 def invesalius_case(path: Path = INVESALIUS_EXAMPLE) -> LabelledCase:
     """The head CT of ``invesalius-examples`` with skull and head by threshold."""
-    _require(path, "invesalius-examples")
+    _require(path, "apt-get install invesalius-examples")
     ct = read_inv3(path)
     lab = ct_head_labels(np.asarray(ct.array)).astype(np.uint16)
     lab = np.where(lab > 0, lab + 20000, 0).astype(np.uint16)
@@ -165,7 +167,7 @@ def mni152_case(data_dir: Path | None = None) -> LabelledCase:
     probability maps where it is at least 0.5."""
     d = nilearn_data_dir() if data_dir is None else Path(data_dir)
     stem = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-    _require(d / stem.format("t1"), "nilearn (pip)")
+    _require(d / stem.format("t1"), "pip install 'volsam[data]' (nilearn)")
     t1 = read_image(d / stem.format("t1"))
     gm = np.asarray(read_image(d / stem.format("gm")).array)
     wm = np.asarray(read_image(d / stem.format("wm")).array)
@@ -206,5 +208,6 @@ def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> di
         "file_ending": ".nii.gz",
         "held_out_aal": sorted(HELD_OUT_AAL),
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    with atomic_path(out / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
     return labels
