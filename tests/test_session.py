@@ -181,3 +181,21 @@ def test_compiled_session_gives_the_eager_masks_as_the_click_count_grows():
         assert want.sum() > 0
         # Fused kernels may round differently; a voxel whose logit is within rounding of 0 can flip.
         assert np.count_nonzero(got != want) <= 1e-3 * want.sum()
+
+
+def test_negative_click_outside_every_window_adds_nothing():
+    img = np.random.default_rng(0).normal(10, 1, (300, 40, 40)).astype(np.float32)  # 300 mm > a 192 mm window
+    img[20:40, 10:30, 10:30] += 100
+    img[260:280, 10:30, 10:30] += 100  # bright, so a window opened there would segment it
+    model = ThresholdModel()
+    s = Session(model)
+    s.set_image(img)
+    assert s.add_click((270, 20, 20), positive=False).sum() == 0 and not model.calls
+    mask = s.add_click((30, 20, 20)).copy()
+    calls = len(model.calls)
+    first = np.zeros(img.shape, bool)
+    first[20:40, 10:30, 10:30] = True
+    assert dice(mask > 0, first) > 0.9 and not mask[200:].any()
+    again = s.add_click((270, 20, 20), positive=False)
+    assert np.array_equal(again, mask) and len(model.calls) == calls and s.num_clicks == 3
+    assert np.array_equal(s.undo(), mask) and s.num_clicks == 2

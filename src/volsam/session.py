@@ -7,8 +7,9 @@ Refinement follows SAM-Med3D: every click re-runs the decoder with *all* clicks 
 previous low-res logits as the mask prompt (zeros before the first click); the embedding of a window
 is computed once and cached.
 
-Windows. The first click of an object opens a 128^3 window at 1.5 mm centred on it. A later click
-outside the object's windows opens another window centred on it. When a window's mask touches the
+Windows. The first positive click of an object opens a 128^3 window at 1.5 mm centred on it. A later
+positive click outside the object's windows opens another window centred on it; a negative click there
+changes nothing (it is counted, and undone like any click). When a window's mask touches the
 window border (a target larger than 192 mm), a window is added that overlaps the touching one by half
 along the touching face, centred laterally on the touching voxels, and prompted with a positive click
 on the mask inside the overlap plus that window's clicks; this repeats until no border is touched or
@@ -307,7 +308,9 @@ class Session:
                 ws.clicks.append((wc, label))
                 self._predict(ws)
                 hit = True
-        if not hit:
+        # A negative click outside every window marks voxels the object does not hold; a window prompted
+        # only by it could add foreground, and would cost an encoder pass.
+        if not hit and positive:
             ws = _WindowState(self._window_at(voxel))
             ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
             obj.windows.append(ws)
