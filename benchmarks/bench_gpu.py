@@ -21,24 +21,13 @@ import json
 import time
 from pathlib import Path
 
+from benchmarks.timing import cuda_median_ms
 
-def cuda_ms(fn, warmup: int, repeats: int) -> float:
-    """Median CUDA-event time of ``fn()`` in ms after ``warmup`` calls."""
+
+def _bf16():
     import torch
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def _latency(name: str, args: argparse.Namespace, dev, row) -> None:
@@ -47,9 +36,6 @@ def _latency(name: str, args: argparse.Namespace, dev, row) -> None:
     import torch.nn.functional as F
 
     from volsam.registry import build_model
-
-    def bf16():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
 
     torch.manual_seed(0)
     model = build_model(name).to(dev).eval()
@@ -60,9 +46,9 @@ def _latency(name: str, args: argparse.Namespace, dev, row) -> None:
         return enc(x)
 
     with torch.inference_mode():
-        row(model=name, part="encoder", mode="fp32 eager", ms=cuda_ms(encode, args.warmup, args.repeats))
-        with bf16():
-            row(model=name, part="encoder", mode="bf16 eager", ms=cuda_ms(encode, args.warmup, args.repeats))
+        row(model=name, part="encoder", mode="fp32 eager", ms=cuda_median_ms(encode, args.repeats, args.warmup))
+        with _bf16():
+            row(model=name, part="encoder", mode="bf16 eager", ms=cuda_median_ms(encode, args.repeats, args.warmup))
             emb = enc(x)
     # One session step: 1 click + previous logits, then the upsample to the window.
     g = model.prompt_encoder.mask_input_size
@@ -75,23 +61,23 @@ def _latency(name: str, args: argparse.Namespace, dev, row) -> None:
         return F.interpolate(low.float(), size=(128, 128, 128), mode="trilinear", align_corners=False)
 
     with torch.inference_mode():
-        row(model=name, part="click", mode="fp32 eager", ms=cuda_ms(click, args.warmup, args.repeats))
-        with bf16():
-            row(model=name, part="click", mode="bf16 eager", ms=cuda_ms(click, args.warmup, args.repeats))
+        row(model=name, part="click", mode="fp32 eager", ms=cuda_median_ms(click, args.repeats, args.warmup))
+        with _bf16():
+            row(model=name, part="click", mode="bf16 eager", ms=cuda_median_ms(click, args.repeats, args.warmup))
     if not args.compile:
         return
     for mode in ("max-autotune-no-cudagraphs", "reduce-overhead"):
         torch._dynamo.reset()
         cenc = torch.compile(enc, mode=mode)
         cclick = torch.compile(click, mode=mode)
-        with torch.inference_mode(), bf16():
+        with torch.inference_mode(), _bf16():
             t0 = time.perf_counter()
             cenc(x)
             cclick()
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - t0
-            e_ms = cuda_ms(lambda c=cenc: c(x), args.warmup, args.repeats)
-            c_ms = cuda_ms(lambda c=cclick: c().clone(), args.warmup, args.repeats)
+            e_ms = cuda_median_ms(lambda c=cenc: c(x), args.repeats, args.warmup)
+            c_ms = cuda_median_ms(lambda c=cclick: c().clone(), args.repeats, args.warmup)
         row(model=name, part="encoder", mode=f"bf16 compile {mode}", ms=e_ms, compile_s=round(compile_s, 1))
         row(model=name, part="click", mode=f"bf16 compile {mode}", ms=c_ms)
 
@@ -160,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows stay fp32
     out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": []}
-    bf16 = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
 
     def row(**kw) -> None:
         out["rows"].append(kw)
@@ -176,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
                 torch.manual_seed(0)
                 model = build_model(name, attention_backend=backend).to(dev).eval()
                 x = torch.randn(1, 1, size, size, size, device=dev)
-                with torch.inference_mode(), bf16():
+                with torch.inference_mode(), _bf16():
                     model.image_encoder(x)
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                    ms = cuda_ms(lambda m=model, x=x: m.image_encoder(x), 3, 20)
+                    ms = cuda_median_ms(lambda m=model, x=x: m.image_encoder(x), 20, 3)
                     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
                 row(model=name, part="backend", backend=backend, size=size, mode="bf16 eager", ms=ms, peak_mb=peak)
                 del model

@@ -17,3 +17,21 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def cuda_median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """As :func:`median_ms`, timed with CUDA events (GPU work is asynchronous to the host clock)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
