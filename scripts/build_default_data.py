@@ -5,7 +5,10 @@ Writes an nnU-Net raw folder (imagesTr/, labelsTr/, dataset.json) under OUT from
 ``mricron-data``), the head CT of Debian ``invesalius-examples`` (skull and head by threshold), and the
 MNI152 2009a template with grey/white matter (``pip install nilearn``, whose package ships it).
 
-    python scripts/build_default_data.py OUT [--sources colin27 inia19 invesalius mni152]
+    python scripts/build_default_data.py OUT [--sources ...] [--val-targets N]
+
+``--val-targets N`` moves N MRI targets, drawn before training, into OUT/validation (``volsam train
+--val-data OUT/validation``); they are never trained on. The held-out evaluation structures are in no split.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from volsam.train.open_data import SOURCES, build_training_set
+from volsam.train.open_data import SOURCES, build_training_set, split_validation
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    p.add_argument("--val-targets", type=int, default=0, help="targets moved to OUT/validation (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
     a = p.parse_args()
     labels = build_training_set(a.out, a.sources)
     print(f"wrote {a.out}: {len(labels) - 1} target labels from {', '.join(a.sources)}")
+    if a.val_targets:
+        val = split_validation(a.out, a.val_targets, a.seed)
+        print(f"moved {len(val)} targets to {a.out / 'validation'}: {', '.join(val)}")

@@ -119,6 +119,60 @@ class ModelConfig:
         return replace(self, encoder=replace(self.encoder, **changes))
 
 
+PROMPT_CHANNELS: tuple[str, ...] = (
+    "image",
+    "previous",
+    "point_pos",
+    "point_neg",
+    "box_pos",
+    "box_neg",
+    "scribble_pos",
+    "scribble_neg",
+    "lasso_pos",
+    "lasso_neg",
+)
+"""Input channels of an early-fusion model, in order (nnInteractive's layout, one channel per prompt type and
+sign): the normalised image, the previous prediction as a probability (or an initial mask the user brings),
+then each prompt type rendered on the window grid. Channels a prompt does not use are zero."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Early-fusion interactive network (:class:`volsam.modeling.fusion.FusionSeg3D`): image and prompts enter
+    as input channels of a residual-encoder U-Net that runs once per interaction.
+
+    Attributes:
+        img_size: side of the cubic inference window, voxels (any multiple of ``2**len(widths)`` works: the
+            network is fully convolutional, so training may use smaller crops).
+        channels: input channel names (:data:`PROMPT_CHANNELS`).
+        widths: feature widths of the encoder stages; stage ``i`` has stride ``2**(i+1)``.
+        blocks: residual blocks per encoder stage.
+        point_sigma: std of the Gaussian a click is rendered as, window voxels.
+        output_stride: logits come out at ``img_size / output_stride`` per axis (the "low-res" logits of the
+            shared model interface) and are upsampled trilinearly.
+    """
+
+    img_size: int = 64
+    channels: tuple[str, ...] = PROMPT_CHANNELS
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    blocks: tuple[int, ...] = (1, 2, 2, 2)
+    point_sigma: float = 1.5
+    output_stride: int = 2
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError(f"widths and blocks must have the same non-zero length, got {self.widths}, {self.blocks}")
+        if self.channels[:2] != ("image", "previous"):
+            raise ValueError(f"the first two channels must be ('image', 'previous'), got {self.channels[:2]}")
+        if self.output_stride != 2:
+            raise ValueError(f"output_stride must be 2, got {self.output_stride}")
+        if self.img_size % 2 ** len(self.widths):
+            raise ValueError(f"img_size must be a multiple of {2 ** len(self.widths)}, got {self.img_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def make_config(
     *,
     embed_dim: int,

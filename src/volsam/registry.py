@@ -12,26 +12,33 @@ from pathlib import Path
 
 import torch
 
-from volsam.config import ModelConfig, make_config
-from volsam.modeling import Sam3D
+from volsam.config import FusionConfig, ModelConfig, make_config
+from volsam.modeling import FusionSeg3D, PromptableModel, Sam3D
+
+AnyConfig = ModelConfig | FusionConfig
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     description: str
-    config: Callable[[], ModelConfig]
+    config: Callable[[], AnyConfig]
+
+    @property
+    def kind(self) -> str:
+        """``"sam"`` (encode once, decode per click) or ``"fusion"`` (prompts as input channels)."""
+        return "fusion" if isinstance(self.config(), FusionConfig) else "sam"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
-DEFAULT_MODEL = "volsam_tiny"
+DEFAULT_MODEL = "volsam_fusion"
 
 
-def register_model(name: str, description: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
+def register_model(name: str, description: str) -> Callable[[Callable[[], AnyConfig]], Callable[[], AnyConfig]]:
     """Decorator registering a zero-argument function that returns the variant's config."""
 
-    def wrap(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+    def wrap(fn: Callable[[], AnyConfig]) -> Callable[[], AnyConfig]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = ModelSpec(name, description, fn)
@@ -85,6 +92,20 @@ def _volsam_tiny() -> ModelConfig:
     )
 
 
+@register_model(
+    "volsam_fusion",
+    "volsam's default model: early-fusion residual-encoder U-Net (image, previous mask and prompts as input "
+    "channels), 64^3 windows at 1.5 mm, widths 16-128",
+)
+def _volsam_fusion() -> FusionConfig:
+    return FusionConfig()
+
+
+def from_config(cfg: AnyConfig) -> PromptableModel:
+    """The (randomly initialised) network a config describes."""
+    return FusionSeg3D.from_config(cfg) if isinstance(cfg, FusionConfig) else Sam3D.from_config(cfg)
+
+
 def list_models() -> list[str]:
     """Names of the registered variants."""
     return sorted(_REGISTRY)
@@ -96,7 +117,7 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def model_config(name: str) -> ModelConfig:
+def model_config(name: str) -> AnyConfig:
     return model_spec(name).config()
 
 
@@ -108,7 +129,7 @@ def build_model(
     trust_checkpoint: bool = False,
     device: str | torch.device | None = None,
     attention_backend: str | None = None,
-) -> Sam3D:
+) -> PromptableModel:
     """Build a registered variant, optionally loading weights strictly.
 
     Args:
@@ -133,8 +154,10 @@ def build_model(
         )
     cfg = model_config(name)
     if attention_backend is not None:
+        if isinstance(cfg, FusionConfig):
+            raise ValueError(f"{name} is an early-fusion model without attention; attention_backend does not apply")
         cfg = cfg.with_encoder(attention_backend=attention_backend)
-    model = Sam3D.from_config(cfg)
+    model = from_config(cfg)
     if checkpoint is not None:
         ckpt.load_weights(
             model, name, checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
@@ -146,5 +169,5 @@ def build_model(
 def key_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """state_dict key -> shape of a variant, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        model = Sam3D.from_config(model_config(name))
+        model = from_config(model_config(name))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

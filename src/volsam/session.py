@@ -35,7 +35,7 @@ import torch
 
 from volsam.checkpoint import load_checkpoint
 from volsam.io import Volume, read_image, volume_from_array, write_mask
-from volsam.modeling import Sam3D
+from volsam.modeling import PromptableModel
 from volsam.registry import DEFAULT_MODEL, build_model, list_models
 from volsam.runtime import choose_runtime
 from volsam.transforms import (
@@ -58,20 +58,20 @@ def default_weights_path() -> Path:
 
 
 def resolve_model(
-    model: str | Path | Sam3D | None,
+    model: str | Path | PromptableModel | None,
     device: str | torch.device | None = None,
     *,
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
     attention_backend: str | None = None,
-) -> Sam3D:
+) -> PromptableModel:
     """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
     by onnxruntime on the CPU), an instance, or None (the shipped default).
 
     ``attention_backend`` (``"dense"`` or ``"dilated"``) switches the encoder's global attention, same
     weights (:meth:`~volsam.modeling.sam3d.Sam3D.set_attention_backend`); an instance
     passed in is switched in place."""
-    if model is not None and not isinstance(model, Sam3D) and (Path(model) / "export.json").is_file():
+    if model is not None and not isinstance(model, PromptableModel) and (Path(model) / "export.json").is_file():
         from volsam.export import OnnxModel
 
         if device is not None and torch.device(device).type != "cpu":
@@ -79,7 +79,7 @@ def resolve_model(
         if attention_backend is not None:
             raise ValueError("an ONNX export has its attention fixed at export time; export the model with it")
         return OnnxModel(model)  # type: ignore[return-value]
-    if isinstance(model, Sam3D):
+    if isinstance(model, PromptableModel):
         net = model
     elif model is None:
         path = default_weights_path()
@@ -106,7 +106,7 @@ def resolve_model(
 class _WindowState:
     window: Window
     clicks: list[tuple[np.ndarray, int]] = field(default_factory=list)  # window coords, label 1/0
-    logits: torch.Tensor | None = None  # previous low-res logits [1, 1, 32, 32, 32]
+    logits: torch.Tensor | None = None  # previous low-res logits [1, 1, g, g, g] (g = model.low_res_size)
     mask: np.ndarray | None = None  # window mask (size,)^3 bool
 
 
@@ -152,7 +152,7 @@ class Session:
 
     def __init__(
         self,
-        model: str | Path | Sam3D | None = None,
+        model: str | Path | PromptableModel | None = None,
         device: str | torch.device | None = None,
         *,
         clip: tuple[float, float] | None = None,
@@ -346,8 +346,7 @@ class Session:
         t0 = time.perf_counter()
         coords = torch.tensor(np.stack([c for c, _ in ws.clicks]), dtype=torch.float32, device=self.device)[None]
         labels = torch.tensor([lab for _, lab in ws.clicks], dtype=torch.long, device=self.device)[None]
-        g = self.size // 4
-        prev = ws.logits if ws.logits is not None else torch.zeros(1, 1, g, g, g, device=self.device)
+        prev = ws.logits if ws.logits is not None else self.model.no_mask_prompt(1, self.device)
         with self.runtime.context():
             low, _ = self._decode(emb, coords, labels, prev)
             # A copy: a compiled decoder may reuse its output buffers on the next call.

@@ -114,3 +114,28 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
         if self.bias is not None:
             y = y + self.bias.view(1, o, 1, 1, 1)
         return y
+
+
+def upsample_mask(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    """Trilinear upsampling (align_corners=False) of one mask's logits [1, 1, g, g, g] to [size]^3, thresholded
+    at 0 -> bool [size, size, size], computed only around the positive low-res cells.
+
+    With align_corners=False an output voxel interpolates its two nearest cells per axis, so outside the box of
+    positive cells grown by one cell every output is a mix of non-positive cells (<= 0), and inside it the
+    cropped interpolation either equals the full one or (at the crop's clamped rim) mixes non-positive cells
+    only: the thresholded result is identical.
+    """
+    s = size
+    g = low_res.shape[-1]
+    f = s // g
+    out = torch.zeros(s, s, s, dtype=torch.bool, device=low_res.device)
+    pos = (low_res[0, 0] > 0).nonzero()
+    if pos.numel() == 0:
+        return out
+    lo = (pos.min(0).values - 1).clamp(min=0).tolist()
+    hi = (pos.max(0).values + 2).clamp(max=g).tolist()
+    crop = low_res[:, :, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    shape = [(b - a) * f for a, b in zip(lo, hi, strict=True)]
+    up = F.interpolate(crop, size=shape, mode="trilinear", align_corners=False)[0, 0] > 0
+    out[lo[0] * f : hi[0] * f, lo[1] * f : hi[1] * f, lo[2] * f : hi[2] * f] = up
+    return out

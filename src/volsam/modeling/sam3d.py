@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from volsam.config import ModelConfig
+from volsam.modeling.common import upsample_mask
 from volsam.modeling.image_encoder import ImageEncoderViT3D
 from volsam.modeling.mask_decoder import MaskDecoder3D
 from volsam.modeling.prompt_encoder import PromptEncoder3D
@@ -48,9 +49,21 @@ class Sam3D(nn.Module):
         if self.config is not None:
             self.config = self.config.with_encoder(attention_backend=backend)
 
+    kind = "sam"
+
     @property
     def img_size(self) -> int:
         return self.image_encoder.cfg.img_size
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res logits and of the mask prompt, S/4."""
+        return self.prompt_encoder.mask_input_size
+
+    def no_mask_prompt(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """What "no previous mask" is: zero logits [B, 1, S/4, S/4, S/4] (SAM-Med3D's first click)."""
+        g = self.low_res_size
+        return torch.zeros(batch, 1, g, g, g, device=device)
 
     def decode(
         self,
@@ -95,24 +108,5 @@ class Sam3D(nn.Module):
 
     def upsample_mask(self, low_res: torch.Tensor) -> torch.Tensor:
         """``upsample_logits(low_res) > 0`` for one mask [1, 1, S/4, S/4, S/4] -> bool [S, S, S], computed
-        only around the positive low-res cells.
-
-        With align_corners=False an output voxel interpolates its two nearest cells per axis, so outside
-        the box of positive cells grown by one cell every output is a mix of non-positive cells (<= 0),
-        and inside it the cropped interpolation either equals the full one or (at the crop's clamped rim)
-        mixes non-positive cells only: the thresholded result is identical.
-        """
-        s = self.img_size
-        g = low_res.shape[-1]
-        f = s // g
-        out = torch.zeros(s, s, s, dtype=torch.bool, device=low_res.device)
-        pos = (low_res[0, 0] > 0).nonzero()
-        if pos.numel() == 0:
-            return out
-        lo = (pos.min(0).values - 1).clamp(min=0).tolist()
-        hi = (pos.max(0).values + 2).clamp(max=g).tolist()
-        crop = low_res[:, :, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        size = [(b - a) * f for a, b in zip(lo, hi, strict=True)]
-        up = F.interpolate(crop, size=size, mode="trilinear", align_corners=False)[0, 0] > 0
-        out[lo[0] * f : hi[0] * f, lo[1] * f : hi[1] * f, lo[2] * f : hi[2] * f] = up
-        return out
+        only around the positive low-res cells (:func:`~volsam.modeling.common.upsample_mask`)."""
+        return upsample_mask(low_res, self.img_size)

@@ -29,10 +29,18 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--p-synth", type=float, default=0.0, help="probability of a SynthSeg-style synthetic image")
     g.add_argument("--no-augment", action="store_true", help="no flips/affine/intensity augmentation")
     g.add_argument("--elastic-prob", type=float, default=0.0, help="probability of elastic deformation (slow)")
+    g.add_argument(
+        "--batch-augment", action="store_true",
+        help="augment whole batches in torch on the training device (fast; use with --no-augment)",
+    )
     g.add_argument("--jitter-mm", type=float, default=24.0, help="max window-centre jitter around the target, mm")
     g.add_argument(
         "--extra-targets", type=int, default=0,
         help="train on this many more structures of each window (one encoder pass, several decodes)",
+    )
+    g.add_argument(
+        "--window-size", type=int, default=None,
+        help="training window side, voxels (default: the model's; a fully convolutional model may train smaller)",
     )
     g.add_argument("--cache-dir", default=None, help="decoded-volume cache (default: OUT/cache)")
     g.add_argument("--skip-bad-cases", action="store_true", help="skip unusable cases instead of stopping")
@@ -48,8 +56,22 @@ def _add_optim_arguments(p: argparse.ArgumentParser, lr: float, encoder_lr: floa
     g.add_argument("--encoder-lr", type=float, default=encoder_lr, help="learning rate of the image encoder")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=None, help="clip the gradient norm")
-    g.add_argument("--rounds", type=int, default=5, help="interaction rounds per batch")
-    g.add_argument("--mask-only-rounds", type=int, default=2, help="rounds without a new click")
+    g.add_argument(
+        "--recipe", default="correction", choices=["correction", "sam"],
+        help="correction: k in 0..--max-corrections simulated clicks without gradient, then one trained round; "
+        "sam: SAM-Med3D's --rounds rounds all with gradient",
+    )
+    g.add_argument("--max-corrections", type=int, default=8, help="largest k (correction recipe; evaluate uses 5-10)")
+    g.add_argument("--correction-ramp-steps", type=int, default=0, help="grow the largest k from 1 over N steps")
+    g.add_argument(
+        "--dt-click-prob", type=float, default=0.5,
+        help="share of correction clicks at the centre of the largest error (else --click-protocol)",
+    )
+    g.add_argument(
+        "--box-prob", type=float, default=0.0, help="early-fusion models: share of first prompts that are boxes"
+    )
+    g.add_argument("--rounds", type=int, default=5, help="interaction rounds per batch (sam recipe)")
+    g.add_argument("--mask-only-rounds", type=int, default=2, help="rounds without a new click (sam recipe)")
     g.add_argument("--ce-weight", type=float, default=1.0, help="weight of cross-entropy in Dice+CE (SAM-Med3D: 1)")
     g.add_argument(
         "--loss", default="dicece", choices=["dicece", "balanced"],

@@ -570,7 +570,11 @@ class TrainDataset(Dataset):
     ) -> list[np.ndarray]:
         values, counts = np.unique(lab[lab > 0], return_counts=True)
         own = None if entry.derived else float(entry.target.value)
-        pool = [v for v, c in zip(values, counts, strict=True) if c >= self.min_extra_voxels and v != own]
+        # Only the case's own targets: a label map may hold values that are no target (tissue filler).
+        allowed = {float(e.target.value) for e in self.entries if e.case_index == entry.case_index and not e.derived}
+        pool = [
+            v for v, c in zip(values, counts, strict=True) if c >= self.min_extra_voxels and v != own and v in allowed
+        ]
         chosen = rng.choice(len(pool), min(len(pool), self.extra_targets), replace=False) if pool else []
         extra = [lab == pool[int(i)] for i in chosen]
         return extra + [target] * (self.extra_targets - len(extra))

@@ -43,7 +43,7 @@ from torch import nn
 
 from volsam.checkpoint import CheckpointError, save_checkpoint
 from volsam.eval import metrics
-from volsam.modeling import Sam3D
+from volsam.modeling import PromptableModel, Sam3D
 from volsam.prompts import CLICK_PROTOCOLS, first_click, simulate_click
 from volsam.train.data import StepSampler, TrainDataset, make_loader
 from volsam.train.losses import LOSSES, make_loss
@@ -66,6 +66,7 @@ __all__ = [
 _STREAM_CLICKS = 10
 _STREAM_ROUNDS = 11
 _STREAM_VAL = 12
+_STREAM_AUGMENT = 13
 
 LOG_COLUMNS = (
     "phase",
@@ -101,8 +102,23 @@ class TrainConfig:
         encoder_lr: learning rate of the image encoder (None = ``lr``).
         weight_decay: AdamW weight decay.
         max_grad_norm: clip the global gradient norm to this (None = no clipping).
-        rounds: interaction rounds per batch.
-        mask_only_rounds: rounds without a new click (the last, then random middle rounds).
+        recipe: ``correction`` (default): per step, k correction rounds without gradient (k uniform in
+            0..``max_corrections``, ramped up over ``correction_ramp_steps``), each adding a simulated click
+            on the current errors with the previous prediction as prompt, then one round with gradient; so the
+            model learns every click count the evaluation uses. ``sam``: SAM-Med3D's recipe, ``rounds`` rounds
+            all with gradient (``mask_only_rounds`` of them without a new click).
+        max_corrections: largest number of correction rounds before the gradient round (``correction``).
+        correction_ramp_steps: optimizer steps over which the largest k grows from 1 to ``max_corrections``
+            (0: no ramp).
+        dt_click_prob: probability that a correction click goes to the centre of the largest error component
+            (the CVPR 2025 rule) instead of a uniform random error voxel (``click_protocol``).
+        box_prob: probability that an early-fusion model's first prompt is the target's bounding box (a box
+            channel, 3D or drawn on one slice) instead of a click; 0 for SAM models (no box embedding).
+        batch_augment: augment each batch in torch on the training device
+            (:func:`volsam.train.augment.augment_batch`: rotation, scaling, flip, elastic, gamma, contrast,
+            noise), milliseconds a batch where the per-sample MONAI transforms take ~0.4 s a window.
+        rounds: interaction rounds per batch (``sam`` recipe).
+        mask_only_rounds: rounds without a new click (the last, then random middle rounds; ``sam`` recipe).
         ce_weight: weight of the cross-entropy term (1.0 in SAM-Med3D).
         loss: ``dicece`` (SAM-Med3D's Dice + CE) or ``balanced`` (Dice + class-balanced CE, which keeps
             a model trained from scratch off empty masks; :mod:`volsam.train.losses`).
@@ -129,6 +145,12 @@ class TrainConfig:
     encoder_lr: float | None = None
     weight_decay: float = 0.1
     max_grad_norm: float | None = None
+    recipe: str = "correction"
+    max_corrections: int = 8
+    correction_ramp_steps: int = 0
+    dt_click_prob: float = 0.5
+    box_prob: float = 0.0
+    batch_augment: bool = False
     rounds: int = 5
     mask_only_rounds: int = 2
     ce_weight: float = 1.0
@@ -153,6 +175,15 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size, accum and rounds must be >= 1, got {self.batch_size}, {self.accum}, {self.rounds}"
             )
+        if self.recipe not in ("correction", "sam"):
+            raise ValueError(f"recipe must be 'correction' or 'sam', got {self.recipe!r}")
+        if self.max_corrections < 0 or self.correction_ramp_steps < 0:
+            raise ValueError(
+                f"expected max_corrections >= 0 and correction_ramp_steps >= 0, "
+                f"got {self.max_corrections}, {self.correction_ramp_steps}"
+            )
+        if not (0.0 <= self.dt_click_prob <= 1.0 and 0.0 <= self.box_prob <= 1.0):
+            raise ValueError(f"dt_click_prob and box_prob must be in [0, 1], got {self.dt_click_prob}, {self.box_prob}")
         if self.click_protocol not in CLICK_PROTOCOLS:
             raise ValueError(f"unknown click protocol {self.click_protocol!r}; valid: {', '.join(CLICK_PROTOCOLS)}")
         if self.loss not in LOSSES:
@@ -179,6 +210,13 @@ class TrainConfig:
         span = max(total - self.warmup_steps - 1, 1)
         t = min(max(step - self.warmup_steps, 0) / span, 1.0)
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def corrections_at(self, step: int) -> int:
+        """Largest number of correction rounds drawn at optimizer step ``step``."""
+        if self.correction_ramp_steps <= 0 or self.max_corrections == 0:
+            return self.max_corrections
+        frac = min(1.0, (step + 1) / self.correction_ramp_steps)
+        return max(1, round(frac * self.max_corrections))
 
     def total_steps(self, num_pairs: int, world: int = 1) -> int:
         """Optimizer steps of the run: ``steps``, or ``ceil(epochs * num_pairs / global batch)``."""
@@ -359,7 +397,7 @@ def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
 
 
 def interaction_loss(
-    model: Sam3D,
+    model: PromptableModel,
     emb: torch.Tensor,
     target: torch.Tensor,
     indices: Iterable[int],
@@ -390,8 +428,7 @@ def interaction_loss(
     )
     coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
     labels: list[list[int]] = [[] for _ in range(b)]
-    g = model.prompt_encoder.mask_input_size
-    prev = torch.zeros(b, 1, g, g, g, device=device)
+    prev = model.no_mask_prompt(b, device)
     pred: np.ndarray | None = None
     total: torch.Tensor | None = None
     per_round: list[float] = []
@@ -426,13 +463,90 @@ def interaction_loss(
     return total, per_round
 
 
+def _box_channel(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The target's bounding box as a filled mask (S, S, S) float32, each face jittered by up to 2 voxels;
+    half the time a box drawn on one slice (the middle one of a random axis), as viewers draw them."""
+    idx = np.argwhere(gt)
+    lo, hi = idx.min(0), idx.max(0)
+    jit = rng.integers(-2, 3, size=(2, 3))
+    s = np.asarray(gt.shape)
+    lo, hi = np.clip(lo + jit[0], 0, s - 1), np.clip(hi + jit[1], 0, s - 1)
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    if rng.random() < 0.5:
+        axis = int(rng.integers(3))
+        mid = int(np.median(idx[:, axis]))
+        lo[axis] = hi[axis] = mid
+    out = np.zeros(gt.shape, dtype=np.float32)
+    out[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1.0
+    return out
+
+
+def correction_loss(
+    model: PromptableModel,
+    emb: torch.Tensor,
+    target: torch.Tensor,
+    indices: Iterable[int],
+    step: int,
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, list[float]]:
+    """The ``correction`` recipe on one micro-batch: a first prompt, k correction clicks run without gradient
+    (k uniform in 0..``cfg.corrections_at(step)``, the same k for the batch), then one more click whose
+    prediction is trained. Every round sees all clicks so far and the previous logits, as at inference.
+
+    Args and returns as :func:`interaction_loss` (the per-round list holds the one trained round's loss).
+    """
+    b = emb.shape[0]
+    device = emb.device
+    gt = (target[:, 0] > 0.5).cpu().numpy()
+    rngs = [np.random.default_rng([cfg.seed, _STREAM_CLICKS, int(i)]) for i in indices]
+    k = int(np.random.default_rng([cfg.seed, _STREAM_ROUNDS, step]).integers(cfg.corrections_at(step) + 1))
+    coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
+    labels: list[list[int]] = [[] for _ in range(b)]
+    dense = None
+    use_box = [model.kind == "fusion" and cfg.box_prob > 0 and rngs[j].random() < cfg.box_prob for j in range(b)]
+    if any(use_box):
+        boxes = np.stack([_box_channel(gt[j], rngs[j]) if use_box[j] else np.zeros(gt[j].shape, np.float32)
+                          for j in range(b)])
+        dense = {"box_pos": torch.from_numpy(boxes)[:, None].to(device)}
+
+    def add(clicks: list[Any]) -> None:
+        for j, c in enumerate(clicks):
+            if c is None:  # perfect prediction (or a box-only first prompt): a padding point keeps shapes aligned
+                coords[j].append((0.0, 0.0, 0.0))
+                labels[j].append(-1)
+            else:
+                coords[j].append(c.point)
+                labels[j].append(1 if c.positive else 0)
+
+    def run(prev: torch.Tensor | None) -> torch.Tensor:
+        ct = torch.tensor(coords, dtype=torch.float32, device=device)
+        lt = torch.tensor(labels, dtype=torch.long, device=device)
+        extra = {} if dense is None else {"dense_prompts": dense}
+        with _autocast(device, cfg.amp):
+            low, _ = model.decode(emb, ct, lt, prev, **extra)
+        return low.float()
+
+    add([None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)])
+    prev = model.no_mask_prompt(b, device)
+    for _ in range(k):
+        with torch.no_grad():
+            prev = run(prev)
+            pred = (model.upsample_logits(prev)[:, 0] > 0).cpu().numpy()
+        protocols = ["cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol for j in range(b)]
+        add([simulate_click(protocols[j], pred[j], gt[j], rngs[j]) for j in range(b)])
+    low = run(prev)
+    loss = loss_fn(model.upsample_logits(low), target)
+    return loss, [float(loss.detach())]
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 
 
 class Task(Protocol):
     """What :func:`fit` trains: a model, its trainable parameter groups and a loss per micro-batch."""
 
-    model: Sam3D
+    model: PromptableModel
 
     def param_groups(self) -> list[dict[str, Any]]: ...
 
@@ -458,15 +572,16 @@ class InteractiveTask:
 
     def __init__(
         self,
-        model: Sam3D,
+        model: PromptableModel,
         cfg: TrainConfig,
         device: torch.device,
-        trainable: Sequence[str] = ("image_encoder", "prompt_encoder", "mask_decoder"),
+        trainable: Sequence[str] | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
         self.device = device
-        self.trainable = tuple(trainable)
+        # Default: everything (SAM: image_encoder, prompt_encoder, mask_decoder; early fusion: net).
+        self.trainable = tuple(trainable) if trainable is not None else tuple(n for n, _ in model.named_children())
         self.loss_fn = make_loss(cfg.loss, cfg.ce_weight)
         self.encoder_trains = any(t.startswith("image_encoder") for t in self.trainable)
         for name, p in model.named_parameters():
@@ -492,6 +607,12 @@ class InteractiveTask:
     def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         image = batch["image"].to(self.device, non_blocking=True)
         target = batch["target"].to(self.device, non_blocking=True)
+        if self.cfg.batch_augment:
+            from volsam.train.augment import augment_batch
+
+            seed = np.random.default_rng([self.cfg.seed, _STREAM_AUGMENT, step]).integers(2**62)
+            gen = torch.Generator().manual_seed(int(seed))
+            image, target = augment_batch(image, target, gen)
         grad = torch.enable_grad() if self.encoder_trains else torch.no_grad()
         with grad, _autocast(self.device, self.cfg.amp):
             emb = self.model.image_encoder(image)
@@ -501,7 +622,8 @@ class InteractiveTask:
             emb = emb.repeat_interleave(t, dim=0)
             target = target.reshape(-1, 1, *target.shape[2:])
             indices = [i + (k << 40) for i in indices for k in range(t)]  # k = 0 keeps the one-target seeds
-        loss, per_round = interaction_loss(self.model, emb, target, indices, step, self.cfg, self.loss_fn)
+        fn = correction_loss if self.cfg.recipe == "correction" else interaction_loss
+        loss, per_round = fn(self.model, emb, target, indices, step, self.cfg, self.loss_fn)
         return loss, {"loss_first": per_round[0], "loss_last": per_round[-1]}
 
     def state(self) -> dict[str, Any]:
@@ -516,7 +638,7 @@ class InteractiveTask:
 
 @torch.no_grad()
 def evaluate(
-    model: Sam3D,
+    model: PromptableModel,
     dataset: TrainDataset,
     *,
     clicks: int = 5,
@@ -538,7 +660,6 @@ def evaluate(
     was_training = model.training
     model.eval()
     dices: list[list[float]] = [[] for _ in range(clicks)]
-    g = model.prompt_encoder.mask_input_size
     for pair in range(len(dataset.entries)):
         item = dataset.eval_item(pair)
         gt = item["target"][0].numpy() > 0.5
@@ -547,7 +668,7 @@ def evaluate(
         rng = np.random.default_rng([seed, _STREAM_VAL, pair])
         pts: list[tuple[float, float, float]] = []
         labs: list[int] = []
-        prev = torch.zeros(1, 1, g, g, g, device=dev)
+        prev = model.no_mask_prompt(1, dev)
         pred = np.zeros_like(gt)
         for c in range(clicks):
             click = first_click(gt, rng, "random") if c == 0 else simulate_click(protocol, pred, gt, rng)
@@ -753,7 +874,7 @@ def load_resume(path: Path) -> dict[str, Any] | None:
         raise CheckpointError(f"cannot resume from {path}: {msg}; remove it or pass --overwrite") from None
 
 
-def load_model_state(model: Sam3D, state: dict[str, torch.Tensor], source: Path) -> None:
+def load_model_state(model: PromptableModel, state: dict[str, torch.Tensor], source: Path) -> None:
     """Strictly load a saved state_dict, with a one-line error when it belongs to another model."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
@@ -765,7 +886,7 @@ def load_model_state(model: Sam3D, state: dict[str, torch.Tensor], source: Path)
 
 
 def make_validator(
-    model: Sam3D, val_data: TrainDataset | None, cfg: TrainConfig, device: torch.device
+    model: PromptableModel, val_data: TrainDataset | None, cfg: TrainConfig, device: torch.device
 ) -> Callable[[], dict[str, Any]] | None:
     """Validation Dice of ``model`` on ``val_data`` with the run's protocol and seed (None without data)."""
     if val_data is None:
@@ -786,7 +907,7 @@ def make_validator(
 
 
 def train(
-    model: Sam3D,
+    model: PromptableModel,
     data: TrainDataset,
     out_dir: str | Path,
     cfg: TrainConfig,
@@ -864,7 +985,9 @@ def train(
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def datasets_from_args(args: argparse.Namespace, *, with_val: bool = True) -> tuple[TrainDataset, TrainDataset | None]:
+def datasets_from_args(
+    args: argparse.Namespace, *, with_val: bool = True, size: int | None = None
+) -> tuple[TrainDataset, TrainDataset | None]:
     """Training (and validation) datasets from the shared CLI options; all errors are one line."""
     from volsam.eval.datasets import load_dataset
     from volsam.train.data import AugmentConfig
@@ -879,12 +1002,15 @@ def datasets_from_args(args: argparse.Namespace, *, with_val: bool = True) -> tu
             raise ValueError(f"--val-cases {args.val_cases} leaves no training case ({len(cases)} in {args.data})")
         cases, val_cases = cases[: -args.val_cases], cases[-args.val_cases :]
     augment = None if args.no_augment else AugmentConfig(elastic_prob=args.elastic_prob)
+    if size is None:
+        size = args.window_size if getattr(args, "window_size", None) else 128
     cache_dir = args.cache_dir if args.cache_dir else Path(args.out) / "cache"
     common = {
         "seed": args.seed,
         "clip": tuple(args.clip) if args.clip else None,
         "cache_dir": cache_dir,
         "skip_bad_cases": args.skip_bad_cases,
+        "size": size,
     }
     data = TrainDataset(
         cases,
@@ -909,6 +1035,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm,
+        recipe=args.recipe,
+        max_corrections=args.max_corrections,
+        correction_ramp_steps=args.correction_ramp_steps,
+        dt_click_prob=args.dt_click_prob,
+        box_prob=args.box_prob,
+        batch_augment=args.batch_augment,
         rounds=args.rounds,
         mask_only_rounds=args.mask_only_rounds,
         ce_weight=args.ce_weight,
@@ -977,7 +1109,9 @@ def run_train(args: argparse.Namespace) -> int:
             # Memorizing SAM: only the memory block's per-head gates train; everything else is frozen.
             mem = use_memory(model, args.memory, gate_init=args.memory_gate_init)
             trainable = (f"image_encoder.blocks.{mem.block}.attn.gate_logit",)
-        data, val = datasets_from_args(args)
+        if args.memory is not None and model.kind != "sam":
+            raise ValueError(f"--memory needs a SAM-family model (a ViT encoder); {args.model} is {model.kind}")
+        data, val = datasets_from_args(args, size=args.window_size or model.img_size)
         rank, _ = dist_info()
         if rank == 0:
             _echo(

@@ -12,7 +12,18 @@ image's own grid; :func:`build_training_set` writes them as an nnU-Net raw folde
 - :func:`invesalius_case`: the head CT of Debian ``invesalius-examples`` (``Cranium.inv3``), with skull and
   head labelled by threshold (:func:`read_inv3`, :func:`ct_head_labels`);
 - :func:`mni152_case`: the MNI152 2009a symmetric T1 template shipped inside nilearn, with grey and white
-  matter from its probability maps.
+  matter from its probability maps;
+- :func:`atlas_cases`: the other MNI-space atlases of ``mricron-data`` (Brodmann, Harvard-Oxford cortical,
+  JHU white matter, AICHA, JHU-189, NatBrainLab) on the Colin27 T1, resampled to its grid;
+- :func:`tissue_case`: connected components of Colin27's k-means tissue classes (structures with visible
+  boundaries: ventricles, white matter, cerebellar and cortical grey matter pieces).
+
+**Held out everywhere**: the voxels of the held-out AAL structures (:data:`HELD_OUT_AAL`, resampled by world
+coordinates onto grids in MNI space) are removed from every target of every MNI-space source, and a label
+that lies mostly inside them (:data:`MAX_HELD_OUT_OVERLAP`) is dropped whole. Voxels outside every target
+are filled with k-means tissue classes (:func:`tissue_classes`; values from :data:`TISSUE_BASE`, listed in
+no ``dataset.json``, so never a target): SynthSeg-style synthesis then draws a contrast per tissue instead
+of one uniform background.
 
 Synthetic images from these label maps (random contrast per label) are drawn on the fly by ``volsam train
 --p-synth``, so the model is not tied to one modality.
@@ -37,6 +48,28 @@ from volsam.io import Volume, read_image, write_image, write_mask
 
 HELD_OUT_AAL = frozenset({37, 38, 41, 42, 71, 72, 73, 74, 77, 78})
 """AAL values never used for training: left/right hippocampus, amygdala, caudate, putamen, thalamus."""
+
+MAX_HELD_OUT_OVERLAP = 0.25
+"""A label of an MNI-space source with more than this fraction of its voxels inside held-out structures is
+dropped (what remains of it would trace a held-out structure's outline)."""
+
+TISSUE_BASE = 60000
+"""Label values TISSUE_BASE + 1 .. + k: k-means tissue classes filling the voxels outside every target."""
+
+TISSUE_CLASSES = 5
+
+MIN_COMPONENT_VOXELS = 300
+"""Smallest connected component of a tissue class kept as a target (1 mm voxels)."""
+
+MNI_ATLASES = (
+    ("brodmann.nii.gz", "Brodmann"),
+    ("HarvardOxford-cort-maxprob-thr0-1mm.nii.gz", "HarvardOxford"),
+    ("JHU-WhiteMatter-labels-1mm.nii.gz", "JHU_WM"),
+    ("AICHAmc.nii.gz", "AICHA"),
+    ("jhu189.nii.gz", "JHU189"),
+    ("natbrainlab.nii.gz", "NatBrainLab"),
+)
+"""The MNI-space atlases of ``mricron-data`` used as extra label maps of the Colin27 T1 (file, name)."""
 
 MIN_NEUROMAPS_VOXELS = 4000
 """NeuroMaps labels smaller than this many 0.5 mm voxels (500 mm^3, ~150 voxels at the model's 1.5 mm) are
@@ -174,10 +207,101 @@ def mni152_case(data_dir: Path | None = None) -> LabelledCase:
     lab = np.zeros(gm.shape, dtype=np.uint16)
     lab[(gm >= 0.5) & (gm >= wm)] = 30001
     lab[(wm >= 0.5) & (wm > gm)] = 30002
+    lab = remove_held_out(lab, held_out_mask(t1))
     return LabelledCase("mni152_2009a", t1, lab, {"MNI152_grey_matter": 30001, "MNI152_white_matter": 30002})
 
 
-SOURCES = {"colin27": colin27_case, "inia19": inia19_case, "invesalius": invesalius_case, "mni152": mni152_case}
+def on_grid(src: Volume, ref: Volume) -> np.ndarray:
+    """``src``'s array resampled (nearest neighbour, by world coordinates) onto ``ref``'s voxel grid; 0 outside."""
+    m = np.linalg.inv(src.affine) @ ref.affine
+    return ndimage.affine_transform(
+        np.asarray(src.array), m[:3, :3], offset=m[:3, 3], output_shape=ref.shape, order=0, mode="constant", cval=0
+    )
+
+
+def held_out_mask(ref: Volume, templates: Path = MRICRON_TEMPLATES) -> np.ndarray:
+    """Voxels of ``ref`` (a grid in MNI space) inside the held-out AAL structures, bool (X, Y, Z)."""
+    aal = read_image(templates / "aal.nii.gz", dtype=None)
+    held = Volume(np.isin(np.asarray(aal.array), list(HELD_OUT_AAL)).astype(np.uint8), aal.affine)
+    return on_grid(held, ref) > 0
+
+
+def remove_held_out(lab: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """``lab`` with held-out voxels set to 0 and labels mostly inside them (> MAX_HELD_OUT_OVERLAP) dropped."""
+    lab = lab.copy()
+    values, counts = np.unique(lab[lab > 0], return_counts=True)
+    inside = dict(zip(*np.unique(lab[held & (lab > 0)], return_counts=True), strict=True))
+    for v, c in zip(values, counts, strict=True):
+        if inside.get(v, 0) > MAX_HELD_OUT_OVERLAP * c:
+            lab[lab == v] = 0
+    lab[held] = 0
+    return lab
+
+
+def tissue_classes(image: np.ndarray, k: int = TISSUE_CLASSES, seed: int = 0) -> np.ndarray:
+    """k-means (1D, on intensity) classes 1..k of the voxels brighter than 5 % of the 99th percentile, ordered
+    by intensity; 0 elsewhere (air). uint8 (X, Y, Z)."""
+    from scipy.cluster.vq import kmeans2
+
+    x = np.asarray(image, dtype=np.float32)
+    fg = x > 0.05 * np.percentile(x, 99)
+    vals = x[fg]
+    rng = np.random.default_rng(seed)
+    sample = vals[rng.choice(vals.size, min(vals.size, 200_000), replace=False)].astype(np.float64)
+    centres, _ = kmeans2(sample[:, None], k, seed=seed, minit="++")
+    centres = np.sort(centres[:, 0])
+    out = np.zeros(x.shape, dtype=np.uint8)
+    out[fg] = 1 + np.digitize(vals, (centres[1:] + centres[:-1]) / 2)
+    return out
+
+
+def fill_tissue(lab: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``lab`` (uint16) with its 0 voxels set to TISSUE_BASE + tissue class (air stays 0)."""
+    t = tissue_classes(image)
+    out = lab.astype(np.uint16)
+    fill = (out == 0) & (t > 0)
+    out[fill] = TISSUE_BASE + t[fill].astype(np.uint16)
+    return out
+
+
+def atlas_cases(templates: Path = MRICRON_TEMPLATES) -> list[LabelledCase]:
+    """The MNI-space atlases (:data:`MNI_ATLASES`) on the Colin27 T1, held-out voxels removed; label values
+    offset by 40000 + 1000 x atlas index."""
+    _require(templates / "ch2.nii.gz", "apt-get install mricron-data")
+    ch2 = read_image(templates / "ch2.nii.gz")
+    held = held_out_mask(ch2, templates)
+    out = []
+    for i, (fname, name) in enumerate(MNI_ATLASES):
+        lab = on_grid(read_image(templates / fname, dtype=None), ch2).astype(np.int64)
+        lab = remove_held_out(lab, held)
+        lab = np.where(lab > 0, lab + 40000 + 1000 * i, 0).astype(np.uint16)
+        labels = {f"{name}_{int(v) - 40000 - 1000 * i}": int(v) for v in np.unique(lab) if v}
+        out.append(LabelledCase(f"colin27_{name.lower()}", ch2, lab, labels))
+    return out
+
+
+def tissue_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
+    """Connected components (26-connected, >= MIN_COMPONENT_VOXELS) of Colin27's tissue classes, held-out
+    voxels removed first; values 50001, 50002, ..."""
+    _require(templates / "ch2.nii.gz", "apt-get install mricron-data")
+    ch2 = read_image(templates / "ch2.nii.gz")
+    held = held_out_mask(ch2, templates)
+    t = tissue_classes(np.asarray(ch2.array))
+    t[held] = 0
+    lab = np.zeros(t.shape, dtype=np.uint16)
+    n = 0
+    for c in range(1, int(t.max()) + 1):
+        comp, _ = ndimage.label(t == c, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(comp.ravel())
+        for j in np.flatnonzero(sizes[1:] >= MIN_COMPONENT_VOXELS) + 1:
+            n += 1
+            lab[comp == j] = 50000 + n
+    labels = {f"tissue_component_{v - 50000}": int(v) for v in np.unique(lab) if v}
+    return LabelledCase("colin27_tissue", ch2, lab, labels)
+
+
+SOURCES = {"colin27": colin27_case, "inia19": inia19_case, "invesalius": invesalius_case, "mni152": mni152_case,
+           "atlases": atlas_cases, "tissue": tissue_case}
 """Source name -> case function, in the order :func:`build_training_set` writes them."""
 
 
@@ -194,11 +318,15 @@ def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> di
     labels: dict[str, int] = {"background": 0}
     names = []
     for s in sources:
-        case = SOURCES[s]()
-        write_image(case.image, out / "imagesTr" / f"{case.name}_0000.nii.gz")
-        write_mask(case.label, case.image, out / "labelsTr" / f"{case.name}.nii.gz")
-        labels.update(case.labels)
-        names.append(case.name)
+        made = SOURCES[s]()
+        for case in made if isinstance(made, list) else [made]:
+            label = case.label
+            if s != "invesalius":  # the CT's labels already cover the head; MRI backgrounds get tissue classes
+                label = fill_tissue(label, np.asarray(case.image.array))
+            write_image(case.image, out / "imagesTr" / f"{case.name}_0000.nii.gz")
+            write_mask(label, case.image, out / "labelsTr" / f"{case.name}.nii.gz")
+            labels.update(case.labels)
+            names.append(case.name)
     meta = {
         "name": "volsam-default-train",
         "description": "open data installed offline: " + ", ".join(names),
@@ -211,3 +339,35 @@ def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> di
     with atomic_path(out / "dataset.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
     return labels
+
+
+def split_validation(out: Path, count: int, seed: int = 0) -> dict[str, int]:
+    """Move ``count`` targets of the MRI sources, drawn with ``seed`` (chosen in advance, before any training),
+    from ``out``'s ``dataset.json`` into a validation folder ``out/validation`` (same layout, the cases that
+    hold them linked): they are then never trained on. Returns the validation labels."""
+    out = Path(out)
+    meta = json.loads((out / "dataset.json").read_text())
+    pool = sorted(
+        (n, v) for n, v in meta["labels"].items() if 0 < v < 20000 or 30000 <= v < 60000
+    )
+    rng = np.random.default_rng(seed)
+    chosen = dict(pool[int(i)] for i in rng.choice(len(pool), size=min(count, len(pool)), replace=False))
+    val_dir = out / "validation"
+    cases = set()
+    for lab_path in sorted((out / "labelsTr").glob("*.nii.gz")):
+        present = set(np.unique(np.asarray(read_image(lab_path, dtype=None).array)).astype(int).tolist())
+        if present & set(chosen.values()):
+            cases.add(lab_path.name[: -len(".nii.gz")])
+    for sub, suffix in (("imagesTr", "_0000.nii.gz"), ("labelsTr", ".nii.gz")):
+        (val_dir / sub).mkdir(parents=True, exist_ok=True)
+        for c in cases:
+            link = val_dir / sub / f"{c}{suffix}"
+            if not link.exists():
+                link.symlink_to((out / sub / f"{c}{suffix}").resolve())
+    val_meta = dict(meta, labels={"background": 0, **chosen}, numTraining=len(cases), description="validation split")
+    meta["labels"] = {n: v for n, v in meta["labels"].items() if n not in chosen}
+    meta["validation_labels"] = chosen
+    for path, m in ((val_dir / "dataset.json", val_meta), (out / "dataset.json", meta)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(m, indent=1))
+    return chosen
