@@ -58,6 +58,8 @@ def install(dest: Path = DEST, tarball: Path | None = None) -> bool:
             with urllib.request.urlopen(URL, timeout=120) as r:
                 data = r.read()
     except OSError as e:
+        if tarball is not None:
+            raise RuntimeError(f"build_viewer: cannot read {tarball} ({e})") from None
         raise RuntimeError(
             f"build_viewer: cannot fetch {URL} ({e}); offline, set VOLSAM_NIIVUE_TGZ to a copy of that tarball"
         ) from None
