@@ -47,16 +47,3 @@ def test_graph_sees_late_and_type_only_imports(graph_tool, tmp_path):
     assert g["pkg.c"] == {"pkg.a": False}
     assert graph_tool.cycles(g) == [["pkg.a", "pkg.b"]]
 
-
-def test_public_api_is_one_spelling_and_import_stays_light():
-    """``volsam.Session`` is the session class, loaded on first use: ``import volsam`` alone reads no images."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, volsam; light = 'volsam.session' not in sys.modules; "
-        "from volsam.session import Session; print(light, volsam.Session is Session, sorted(volsam.__all__))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 2)
-    assert out[:2] == ["True", "True"]
-    assert "Session" in out[2] and "build_model" in out[2] and "load_checkpoint" in out[2]
