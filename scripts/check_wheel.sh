@@ -2,9 +2,12 @@
 # What a user of the wheel gets: build volsam's wheel from a clean clone of the committed tree, install it
 # with its dependencies into a fresh virtual environment (no source tree, no editable install), then,
 # from an empty folder, run `volsam demo` and fetch the viewer page and NiiVue from `volsam serve`.
-#   bash scripts/check_wheel.sh        (about 1.5 min here; CI runs it after the tests)
+#   bash scripts/check_wheel.sh     (about 1.5 min here; CI runs it after the tests; PYTHON=... picks the
+#                                   interpreter whose pip and venv it uses, default .venv/bin/python)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+py="${PYTHON:-$repo/.venv/bin/python}"  # the set-up's interpreter (has pip); only pip and venv are used from it
+[ -x "$py" ] || py=python3
 work="$(mktemp -d)"
 server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
@@ -12,9 +15,9 @@ trap cleanup EXIT
 t0=$SECONDS
 git clone -q --no-local "$repo" "$work/clone"
 # Build isolation: pip fetches setuptools into a throw-away environment; setup.py installs NiiVue.
-python3 -m pip wheel -q --no-deps -w "$work/dist" "$work/clone"
+"$py" -m pip wheel -q --no-deps -w "$work/dist" "$work/clone"
 wheel="$(ls "$work"/dist/volsam-*.whl)"
-python3 - "$wheel" <<'PY'
+"$py" - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = ["volsam/serve/static/index.html", "volsam/serve/static/vendor/niivue.umd.js", "volsam/data/colin27_crop.nii.gz"]
@@ -25,7 +28,7 @@ print(f"check_wheel: {sys.argv[1].rsplit('/', 1)[-1]}: {len(names)} files, viewe
 PY
 echo "check_wheel: wheel built in $((SECONDS - t0)) s"
 rm -rf "$work/clone"  # from here on there is no source tree
-python3 -m venv "$work/venv"
+"$py" -m venv "$work/venv"
 # The CPU build of torch lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 "$work/venv/bin/pip" install -q "torch==2.13.0"
 "$work/venv/bin/pip" install -q "${wheel}[serve]"
