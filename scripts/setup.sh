@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine: system packages, a virtual environment, the viewer's files.
-#   bash scripts/setup.sh          what `volsam` needs (mricron-data, npm for the viewer build)
+#   bash scripts/setup.sh          what `volsam` needs (mricron-data)
 #   bash scripts/setup.sh --test   also what the test suite needs (Debian's chromium for the viewer test)
 #   bash scripts/setup.sh --data   also the open training data (invesalius-examples head CT, nilearn's MNI152)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=(mricron-data)
-command -v npm >/dev/null 2>&1 || want+=(npm)
 extra="[test]"
 case "${1:-}" in
     --test) command -v chromium >/dev/null 2>&1 || want+=(chromium); extra="[test]" ;;
@@ -29,5 +28,6 @@ python -m pip install -q --upgrade pip
 # The CPU build of torch lies on local disk; an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".${extra}"
-# NiiVue (npm) into the package's static files, so `volsam serve` needs no CDN.
+# NiiVue (the npm registry's pinned tarball, sha512 checked) into the package's static files, so
+# `volsam serve` needs no CDN; the editable install above already ran it (setup.py), this is a no-op then.
 bash scripts/build_viewer.sh

@@ -5,20 +5,24 @@ Accepted layouts, as released: ``{'model_state_dict': ...}`` (SAM-Med3D, FastSAM
 encoder-only students (bare ``blocks.*`` / ``patch_embed.*`` keys) and ``.safetensors``.
 Loading is always strict: a missing or unexpected key, or a shape mismatch, is an error that names
 the keys and, where the file fits another registered variant, which one.
+
+This module knows files and keys, not the model names: :mod:`volsam.registry` builds on it (one way)
+and owns what asks the registry (:func:`~volsam.registry.matching_models`,
+:func:`~volsam.registry.load_checkpoint`) and hands :func:`load_weights` the matcher for its hint.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from volsam.atomic import atomic_path
-from volsam.modeling import Sam3D
-from volsam.registry import build_model, key_shapes, list_models
+from volsam.modeling import PromptableModel
 
 ENCODER_PREFIX = "image_encoder."
 _WRAPPERS = ("model_state_dict", "state_dict", "model")
@@ -82,22 +86,7 @@ def is_encoder_only(sd: dict[str, torch.Tensor]) -> bool:
     return all(k.startswith(ENCODER_PREFIX) for k in sd)
 
 
-def matching_models(sd: dict[str, torch.Tensor]) -> list[str]:
-    """Registered variants whose keys and shapes the state_dict fits exactly (encoder part only for an
-    encoder-only file)."""
-    got = _shapes(sd)
-    enc_only = is_encoder_only(sd)
-    out = []
-    for name in list_models():
-        want = key_shapes(name)
-        if enc_only:
-            want = {k: v for k, v in want.items() if k.startswith(ENCODER_PREFIX)}
-        if want == got:
-            out.append(name)
-    return out
-
-
-def _mismatch_report(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], limit: int = 4) -> str:
+def mismatch_report(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], limit: int = 4) -> str:
     missing = [k for k in want if k not in got]
     unexpected = [k for k in got if k not in want]
     wrong = [f"{k} {got[k]} != {want[k]}" for k in want if k in got and got[k] != want[k]]
@@ -109,33 +98,48 @@ def _mismatch_report(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int,
     return "; ".join(parts)
 
 
-def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str, prefix: str = "") -> None:
-    """Load strictly; ``prefix`` turns ``sd``'s keys back into whole-model keys for the hint."""
+Matcher = Callable[[dict[str, torch.Tensor]], list[str]]
+"""Registered variants a state_dict fits (:func:`volsam.registry.matching_models`)."""
+
+
+def _load_strict(
+    model: torch.nn.Module,
+    sd: dict[str, torch.Tensor],
+    what: str,
+    source: str,
+    prefix: str = "",
+    fits: Matcher | None = None,
+) -> None:
+    """Load strictly; ``prefix`` turns ``sd``'s keys back into whole-model keys for ``fits``' hint."""
     want = _shapes(model.state_dict())
     got = _shapes(sd)
     if want != got:
-        fits = matching_models({prefix + k: v for k, v in sd.items()})
-        hint = f"; the file fits registered model {', '.join(fits)}" if fits else "; it fits no registered model"
-        raise CheckpointError(f"{source} does not fit {what}: {_mismatch_report(want, got)}{hint}")
+        hint = ""
+        if fits is not None:
+            found = fits({prefix + k: v for k, v in sd.items()})
+            hint = f"; the file fits registered model {', '.join(found)}" if found else "; it fits no registered model"
+        raise CheckpointError(f"{source} does not fit {what}: {mismatch_report(want, got)}{hint}")
     model.load_state_dict(sd, strict=True)
 
 
 def load_weights(
-    model: Sam3D,
+    model: PromptableModel,
     name: str,
     checkpoint: str | Path,
     *,
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
+    fits: Matcher | None = None,
 ) -> None:
-    """Load a checkpoint into ``model`` (registered as ``name``) strictly."""
+    """Load a checkpoint into ``model`` (registered as ``name``) strictly; on a mismatch the error names
+    the variants ``fits`` finds for the file."""
     sd = read_state_dict(checkpoint, trust_checkpoint=trust_checkpoint)
     if not is_encoder_only(sd):
         if decoder_checkpoint is not None:
             raise CheckpointError(
                 f"{checkpoint} holds a whole model; decoder_checkpoint is only for encoder-only files"
             )
-        _load_strict(model, sd, f"model {name!r}", str(checkpoint))
+        _load_strict(model, sd, f"model {name!r}", str(checkpoint), fits=fits)
         return
     if decoder_checkpoint is None:
         raise CheckpointError(
@@ -143,33 +147,14 @@ def load_weights(
             "with the prompt encoder and mask decoder to pair it with (e.g. sam_med3d_turbo.pth)"
         )
     enc = {k[len(ENCODER_PREFIX) :]: v for k, v in sd.items()}
-    _load_strict(model.image_encoder, enc, f"the image encoder of {name!r}", str(checkpoint), ENCODER_PREFIX)
+    _load_strict(model.image_encoder, enc, f"the image encoder of {name!r}", str(checkpoint), ENCODER_PREFIX, fits)
     dec = read_state_dict(decoder_checkpoint, trust_checkpoint=trust_checkpoint)
     for part in ("prompt_encoder", "mask_decoder"):
         sub = {k[len(part) + 1 :]: v for k, v in dec.items() if k.startswith(part + ".")}
-        _load_strict(getattr(model, part), sub, f"the {part} of {name!r}", str(decoder_checkpoint), part + ".")
+        _load_strict(getattr(model, part), sub, f"the {part} of {name!r}", str(decoder_checkpoint), part + ".", fits)
 
 
-def load_checkpoint(
-    path: str | Path,
-    *,
-    decoder_checkpoint: str | Path | None = None,
-    trust_checkpoint: bool = False,
-    device: str | torch.device | None = None,
-) -> Sam3D:
-    """Build the registered variant a checkpoint fits (inferred from keys and shapes) and load it."""
-    sd = read_state_dict(path, trust_checkpoint=trust_checkpoint)
-    fits = matching_models(sd)
-    if not fits:
-        near = min(list_models(), key=lambda n: len(set(key_shapes(n).items()) ^ set(_shapes(sd).items())))
-        report = _mismatch_report(key_shapes(near), _shapes(sd))
-        raise CheckpointError(f"{path} fits no registered model (nearest {near!r}: {report})")
-    return build_model(
-        fits[0], path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
-    )
-
-
-def save_checkpoint(model: Sam3D, path: str | Path, **extra: Any) -> Path:
+def save_checkpoint(model: PromptableModel, path: str | Path, **extra: Any) -> Path:
     """Write ``{'model_state_dict': ..., **extra}`` atomically (temporary file, then rename).
 
     The official SAM-Med3D code loads this layout; ``extra`` carries training state.

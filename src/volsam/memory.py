@@ -72,6 +72,11 @@ class Memory:
         """Number of memorised tokens M."""
         return int(self.keys.shape[1])
 
+    def check(self, model: nn.Module, block: int) -> None:
+        """:func:`check_memory` of this memory (what :func:`~volsam.modeling.memory_attention.attach_memory`
+        calls, so the modeling layer needs no import of this module)."""
+        check_memory(self, model, block)
+
 
 def _encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict as it is without any attached memory wrapper."""

@@ -1,7 +1,9 @@
 """Named model variants and their builders (timm-style registry).
 
 A variant is a :class:`~volsam.config.ModelConfig`; adding one (a smaller student, say) is one
-``register_model`` call, never a copy of a module.
+``register_model`` call, never a copy of a module. What asks the registry about a checkpoint file
+(which variants it fits, building the one it fits) lives here too; :mod:`volsam.checkpoint` reads and
+loads files without knowing the names, so the dependency runs one way (registry -> checkpoint).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from volsam import checkpoint as ckpt
 from volsam.config import FusionConfig, ModelConfig, make_config
 from volsam.modeling import FusionSeg3D, PromptableModel, Sam3D
 
@@ -142,14 +145,12 @@ def build_model(
         attention_backend: override the variant's encoder attention (``dense`` or ``dilated``); the
             weights are the same, so any checkpoint of the variant loads (needs ``name``).
     """
-    from volsam import checkpoint as ckpt  # late import: checkpoint uses this registry
-
     if name is None:
         if checkpoint is None:
             raise ValueError("give a model name or a checkpoint to infer it from")
         if attention_backend is not None:
             raise ValueError("attention_backend needs a model name (the variant whose config it changes)")
-        return ckpt.load_checkpoint(
+        return load_checkpoint(
             checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
         )
     cfg = model_config(name)
@@ -160,7 +161,12 @@ def build_model(
     model = from_config(cfg)
     if checkpoint is not None:
         ckpt.load_weights(
-            model, name, checkpoint, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint
+            model,
+            name,
+            checkpoint,
+            decoder_checkpoint=decoder_checkpoint,
+            trust_checkpoint=trust_checkpoint,
+            fits=matching_models,
         )
     model.eval()
     return model.to(device) if device is not None else model
@@ -171,3 +177,38 @@ def key_shapes(name: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = from_config(model_config(name))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def matching_models(sd: dict[str, torch.Tensor]) -> list[str]:
+    """Registered variants whose keys and shapes the state_dict fits exactly (encoder part only for an
+    encoder-only file)."""
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    enc_only = ckpt.is_encoder_only(sd)
+    out = []
+    for name in list_models():
+        want = key_shapes(name)
+        if enc_only:
+            want = {k: v for k, v in want.items() if k.startswith(ckpt.ENCODER_PREFIX)}
+        if want == got:
+            out.append(name)
+    return out
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    decoder_checkpoint: str | Path | None = None,
+    trust_checkpoint: bool = False,
+    device: str | torch.device | None = None,
+) -> PromptableModel:
+    """Build the registered variant a checkpoint fits (inferred from keys and shapes) and load it."""
+    sd = ckpt.read_state_dict(path, trust_checkpoint=trust_checkpoint)
+    fits = matching_models(sd)
+    if not fits:
+        got = {k: tuple(v.shape) for k, v in sd.items()}
+        near = min(list_models(), key=lambda n: len(set(key_shapes(n).items()) ^ set(got.items())))
+        report = ckpt.mismatch_report(key_shapes(near), got)
+        raise ckpt.CheckpointError(f"{path} fits no registered model (nearest {near!r}: {report})")
+    return build_model(
+        fits[0], path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint, device=device
+    )

@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volsam.checkpoint import load_checkpoint
 from volsam.io import Volume, read_image, volume_from_array, write_mask
 from volsam.modeling import PromptableModel
-from volsam.registry import DEFAULT_MODEL, build_model, list_models
+from volsam.registry import DEFAULT_MODEL, build_model, list_models, load_checkpoint
 from volsam.runtime import choose_runtime
 from volsam.transforms import (
     Window,

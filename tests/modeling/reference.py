@@ -2,11 +2,13 @@
 volsam's fast attention is checked against: windows are really zero-padded to 14^3 and attend over all
 2744 positions, and the relative-position bias is added through the 7-D broadcast of the official code.
 
-Also the fixture README's weights rule, to make full-size weights without downloading anything.
+Also the fixture README's weights rule, to make full-size weights without downloading anything, and a
+digest of a state_dict to check that the rule remakes the fixtures' weights bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
 
@@ -18,7 +20,7 @@ from volsam.modeling.attention import get_rel_pos
 
 
 def fixture_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """Weights drawn by the rule in ../shared/fixtures/parity/README.md."""
+    """Weights drawn by the rule in ../shared/fixtures/parity/README.md (quoted in tests/fixtures/parity/README.md)."""
     tables = (
         "positional_encoding_gaussian_matrix",
         "point_embeddings.",
@@ -45,6 +47,16 @@ def fixture_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor
             t = r / math.sqrt(math.prod(shape[1:]))
         out[key] = t.float()
     return out
+
+
+def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every key in order, its dtype, shape and bytes: equal digests, bit-identical weights."""
+    h = hashlib.sha256()
+    for key, value in sd.items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _attention(sd: dict, p: str, x: torch.Tensor, heads: int) -> torch.Tensor:

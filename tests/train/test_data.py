@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from volsam.eval.datasets import load_dataset
-from volsam.train.data import AugmentConfig, StepSampler, TrainDataset, TrainingDataError, make_loader
-from volsam.train.synth import SynthConfig, SynthDataset, SynthGenerator
+from volsam.train.data import AugmentConfig, StepSampler, SynthDataset, TrainDataset, TrainingDataError, make_loader
+from volsam.train.synth import SynthConfig, SynthGenerator
 
 from . import AFFINE, SHAPE, make_case
 

@@ -51,7 +51,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -71,6 +71,7 @@ from volsam.eval.metrics import (
     hd95,
     nsd,
 )
+from volsam.eval.report import CaseResult, StepRecord, Summary, TargetResult, TargetView
 from volsam.io import Volume, read_image
 from volsam.prompts import cvpr25_box, first_click, simulate_click
 from volsam.transforms import Window, extract_window
@@ -112,122 +113,6 @@ class SessionLike(Protocol):
 
 
 SessionFactory = Callable[[], SessionLike]
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """Metrics after one prompt (one row of ``per_click.csv``).
-
-    Attributes:
-        case, target_value, target_name: what was segmented.
-        step: 0 = the box (cvpr25), k = after k clicks.
-        kind: ``"box"``, ``"positive"``, ``"negative"`` or ``"none"`` (nothing left to correct: the
-            previous step's metrics repeated).
-        voxel: click voxel ``(i, j, k)``; box corners ``(i0, j0, k0, i1, j1, k1)`` (inclusive); () for none.
-        dice, nsd: in [0, 1], on the original grid. hd95: mm (inf when the prediction is empty).
-        click_ms: wall time of the Session call (encoding included). encode_ms: encoding within it.
-        window_dice: Dice inside the first 128^3 window (``window_metrics``), else None.
-    """
-
-    case: str
-    target_value: int
-    target_name: str
-    step: int
-    kind: str
-    voxel: tuple[int, ...]
-    dice: float
-    nsd: float
-    hd95: float
-    click_ms: float
-    encode_ms: float
-    window_dice: float | None = None
-
-
-@dataclass(frozen=True)
-class TargetView:
-    """Three orthogonal slices through a target's centroid, for the best/worst-case figures.
-
-    ``image[a]``, ``gt[a]``, ``pred[a]`` are 2D slices at ``centroid[a]`` along volume axis ``a``
-    (the other two axes kept in order); ``spacing`` in mm per volume axis.
-    """
-
-    case: str
-    target_name: str
-    dice: float
-    centroid: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    image: tuple[np.ndarray, np.ndarray, np.ndarray]
-    gt: tuple[np.ndarray, np.ndarray, np.ndarray]
-    pred: tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@dataclass
-class TargetResult:
-    """All steps of one (case, target)."""
-
-    case_index: int
-    target_index: int
-    case: str
-    target: Target
-    steps: list[StepRecord]
-    view: TargetView | None = None
-
-    @property
-    def final_dice(self) -> float:
-        return self.steps[-1].dice
-
-
-@dataclass
-class CaseResult:
-    """One case: its targets' results, or why it was skipped; ``encode_ms`` summed over its prompts."""
-
-    index: int
-    name: str
-    targets: list[TargetResult] = field(default_factory=list)
-    skipped: str | None = None
-    absent: list[str] = field(default_factory=list)
-    encode_ms: float = 0.0
-    seconds: float = 0.0
-
-
-@dataclass
-class Summary:
-    """Result of :func:`evaluate`.
-
-    Attributes:
-        config: the run's settings (as written to ``summary.json``).
-        steps: step numbers (``[0..N]`` for cvpr25, ``[1..N]`` for sam_med3d).
-        records: every step of every evaluated (case, target), in case then target order.
-        results: per (case, target) steps, same order.
-        per_target: target name -> aggregate (``n``; per-step means ``dice``, ``nsd``, ``hd95`` (finite
-            values only; None when none is finite), ``window_dice`` when measured; ``cvpr25`` means).
-        overall: the same aggregate over every (case, target).
-        cases: per evaluated case: ``case``, ``targets``, ``encode_ms``, ``mean_click_ms``, ``seconds``.
-        skipped: ``(case, reason)`` for cases not evaluated.
-        absent: ``(case, target)`` pairs with no foreground (not evaluated).
-        best, worst: slices of the targets with the highest / lowest final Dice.
-        out_dir: where the reports are; files: report name -> path.
-    """
-
-    config: dict[str, Any]
-    steps: list[int]
-    records: list[StepRecord]
-    results: list[TargetResult]
-    per_target: dict[str, dict[str, Any]]
-    overall: dict[str, Any]
-    cases: list[dict[str, Any]]
-    skipped: list[tuple[str, str]]
-    absent: list[tuple[str, str]]
-    best: TargetView | None
-    worst: TargetView | None
-    out_dir: Path
-    files: dict[str, Path] = field(default_factory=dict)
-
-    def markdown(self) -> str:
-        """The ``summary.md`` text: mean Dice per target and step, NSD row, cvpr25 scores, skips."""
-        from volsam.eval.report import markdown
-
-        return markdown(self)
 
 
 @dataclass(frozen=True)

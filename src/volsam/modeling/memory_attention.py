@@ -261,7 +261,7 @@ def attach_memory(
 
     Args:
         model: a :class:`~volsam.modeling.Sam3D` (or anything with ``image_encoder.blocks``).
-        memory: a :class:`volsam.memory.Memory` (checked against the model and block with
+        memory: a :class:`volsam.memory.Memory` (checked against the model and block by its ``check``,
             :func:`volsam.memory.check_memory`) or a ``(keys, values)`` pair of [H, M, hd] tensors.
         block: encoder block index; it must have attention.
         top_k: keys retrieved per query and head (None: the memory's own, else 32).
@@ -273,9 +273,8 @@ def attach_memory(
         a :class:`MemoryHandle`; :func:`detach_memory` undoes the swap.
     """
     if hasattr(memory, "weights_sha256"):
-        from volsam.memory import check_memory  # late import: volsam.memory reads datasets
-
-        check_memory(memory, model, block)
+        # The memory checks itself (volsam.memory.check_memory): modeling/ imports nothing above it.
+        memory.check(model, block)
         keys, values = memory.keys, memory.values
         trained = memory.gate_logits if gate_init is None else None
         top_k = memory.top_k if top_k is None else top_k

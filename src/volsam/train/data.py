@@ -52,6 +52,7 @@ __all__ = [
     "ArrayCache",
     "AugmentConfig",
     "StepSampler",
+    "SynthDataset",
     "TargetEntry",
     "TrainDataset",
     "TrainingDataError",
@@ -607,6 +608,22 @@ class TrainDataset(Dataset):
             more = ", ..." if len(self.skipped) > 1 else ""
             text += f"; skipped {len(self.skipped)} ({name}: {why}{more})"
         return text
+
+
+class SynthDataset(TrainDataset):
+    """A :class:`TrainDataset` over label files only: every image is synthetic
+    (:class:`~volsam.train.synth.SynthGenerator`).
+
+    Args:
+        labels: label map files (NIfTI and the formats :mod:`volsam.io` reads); every non-zero value is a
+            target.
+        **kwargs: forwarded to :class:`TrainDataset` (``p_synth`` is forced to 1).
+    """
+
+    def __init__(self, labels: Sequence[str | Path], **kwargs: Any) -> None:
+        cases = [Case(Path(p).name.split(".")[0], Path(p), Path(p)) for p in labels]  # images are never read
+        kwargs["p_synth"] = 1.0
+        super().__init__(cases, **kwargs)
 
 
 class StepSampler(Sampler[int]):

@@ -374,8 +374,8 @@ def distill(
 
 def _load_teacher(spec: str, decoder_checkpoint: str | None, trust: bool) -> tuple[Sam3D, str, bool]:
     """(teacher, its name, whether it has trained weights) from a checkpoint path or a registered name."""
-    from volsam.checkpoint import load_checkpoint, matching_models, read_state_dict
-    from volsam.registry import build_model, list_models
+    from volsam.checkpoint import read_state_dict
+    from volsam.registry import build_model, list_models, load_checkpoint, matching_models
 
     path = Path(spec).expanduser()
     if path.is_file():

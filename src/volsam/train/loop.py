@@ -1081,7 +1081,7 @@ def _echo(text: str) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """``volsam train``: everything that can fail on bad input is checked before the first step."""
-    from volsam.registry import build_model, list_models
+    from volsam.registry import build_model, list_models, matching_models
 
     created = init_distributed_from_env(args.device)
     try:
@@ -1093,7 +1093,7 @@ def run_train(args: argparse.Namespace) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if args.model is None:
-                from volsam.checkpoint import matching_models, read_state_dict
+                from volsam.checkpoint import read_state_dict
 
                 fits = matching_models(read_state_dict(args.init, trust_checkpoint=args.trust_checkpoint))
                 if not fits:

@@ -8,25 +8,20 @@ and a model trained on it learns shapes, not intensities.
 
 Use it through :class:`volsam.train.data.TrainDataset` (``p_synth``: the probability that a sample's
 image is replaced by a synthetic one generated from the same window's label map, so real and synthetic
-images mix) or :class:`SynthDataset` (label files only, every image synthetic).
+images mix) or :class:`volsam.train.data.SynthDataset` (label files only, every image synthetic). This
+module knows nothing of datasets, so the dependency runs one way (data -> synth).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from volsam.eval.datasets import Case
-from volsam.train.data import TrainDataset
-
-__all__ = ["SynthConfig", "SynthDataset", "SynthGenerator"]
+__all__ = ["SynthConfig", "SynthGenerator"]
 
 
 @dataclass(frozen=True)
@@ -118,18 +113,3 @@ class SynthGenerator:
         with torch.no_grad():
             field = F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
         return np.exp(field[0, 0].numpy())
-
-
-class SynthDataset(TrainDataset):
-    """A :class:`~volsam.train.data.TrainDataset` over label files only: every image is synthetic.
-
-    Args:
-        labels: label map files (NIfTI and the formats :mod:`volsam.io` reads); every non-zero value is a
-            target.
-        **kwargs: forwarded to :class:`~volsam.train.data.TrainDataset` (``p_synth`` is forced to 1).
-    """
-
-    def __init__(self, labels: Sequence[str | Path], **kwargs: Any) -> None:
-        cases = [Case(Path(p).name.split(".")[0], Path(p), Path(p)) for p in labels]  # images are never read
-        kwargs["p_synth"] = 1.0
-        super().__init__(cases, **kwargs)
