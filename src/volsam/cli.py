@@ -107,8 +107,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from volsam.registry import list_models, model_spec
 
+    # kind: "sam" = image encoded once per window, prompts decoded per click; "fusion" = early fusion, the
+    # prompts are input channels and the network runs per interaction.
     for name in list_models():
-        print(f"{name:16s} {model_spec(name).description}")
+        spec = model_spec(name)
+        print(f"{name:16s} {spec.kind:6s} {spec.description}")
     return 0
 
 

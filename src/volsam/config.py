@@ -162,8 +162,8 @@ class FusionConfig:
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise ValueError(f"widths and blocks must have the same non-zero length, got {self.widths}, {self.blocks}")
-        if self.channels[:2] != ("image", "previous"):
-            raise ValueError(f"the first two channels must be ('image', 'previous'), got {self.channels[:2]}")
+        if self.channels[:4] != PROMPT_CHANNELS[:4]:
+            raise ValueError(f"the first four channels must be {PROMPT_CHANNELS[:4]}, got {self.channels[:4]}")
         if self.output_stride != 2:
             raise ValueError(f"output_stride must be 2, got {self.output_stride}")
         if self.img_size % 2 ** len(self.widths):

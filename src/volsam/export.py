@@ -1,4 +1,6 @@
-"""ONNX export of a :class:`~volsam.modeling.Sam3D` as two graphs, and an onnxruntime-backed stand-in.
+"""ONNX export of a promptable model as two graphs, and an onnxruntime-backed stand-in.
+
+SAM family (:class:`~volsam.modeling.Sam3D`):
 
 ``encoder.onnx``: ``image`` float32 [1, 1, S, S, S] -> ``image_embeddings`` float32 [1, C, G, G, G].
 
@@ -13,7 +15,13 @@
 
 outputs ``low_res_logits`` float32 [1, 1, 4G, 4G, 4G] and ``iou_predictions`` float32 [1, 1].
 
-``export.json`` records the model name and config, the opset and the inputs/outputs with their shapes.
+Early fusion (:class:`~volsam.modeling.FusionSeg3D`): ``encoder.onnx`` is the identity (the "embedding" is
+the window, [1, 1, S, S, S]); ``decoder.onnx`` is the whole network with the same inputs, ``mask_input`` and
+``low_res_logits`` at [1, 1, S/2, S/2, S/2], plus ``prompt_channels`` float32 [1, C - 4, S, S, S]: the
+dense prompt channels after the points (box, scribble, lasso; zeros when unused), in the order of
+:data:`volsam.config.PROMPT_CHANNELS`; ``iou_predictions`` is NaN (the model predicts none).
+
+``export.json`` records the model name, kind and config, the opset and the inputs/outputs with their shapes.
 """
 
 from __future__ import annotations
@@ -24,14 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from volsam.modeling import Sam3D
+from volsam.config import PROMPT_CHANNELS
+from volsam.modeling import FusionSeg3D, PromptableModel, Sam3D
+from volsam.modeling.common import upsample_mask
+from volsam.modeling.fusion import render_points
 
 ENCODER_INPUTS = ["image"]
 ENCODER_OUTPUTS = ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["low_res_logits", "iou_predictions"]
+FUSION_DECODER_INPUTS = [*DECODER_INPUTS, "prompt_channels"]
 
 
 class EncoderWrapper(nn.Module):
@@ -81,6 +94,45 @@ class DecoderWrapper(nn.Module):
         return masks[:, 0:1], iou[:, 0:1]
 
 
+class FusionDecoderWrapper(nn.Module):
+    """An early-fusion model's network with a ``has_mask_input`` switch and its dense prompt channels as one
+    tensor (the points are rendered inside the graph)."""
+
+    def __init__(self, model: FusionSeg3D) -> None:
+        super().__init__()
+        self.net = model.net
+        self.sigma = model.config.point_sigma
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        prompt_channels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image [1, 1, S, S, S], coords [1, N, 3], labels [1, N], mask [1, 1, S/2, S/2, S/2], has_mask [1],
+        prompt_channels [1, C - 4, S, S, S] -> low_res_logits [1, 1, S/2, S/2, S/2], iou NaN [1, 1]."""
+        image = image_embeddings
+        h = has_mask_input.reshape(1, 1, 1, 1, 1).to(image.dtype)
+        prev = h * torch.sigmoid(F.interpolate(mask_input, size=image.shape[-3:], mode="trilinear"))
+        pts = render_points(point_coords.float(), point_labels, image.shape[-1], self.sigma)
+        low = self.net(torch.cat([image, prev, pts, prompt_channels], 1))
+        return low, torch.full_like(low[:, 0, 0, 0, :1], float("nan"))
+
+
+def _fusion_inputs(model: FusionSeg3D, n: int = 2) -> tuple[torch.Tensor, ...]:
+    s, m = model.img_size, model.low_res_size
+    coords = torch.linspace(4.0, s - 4.0, n * 3).reshape(1, n, 3)
+    labels = torch.ones(1, n, dtype=torch.int64)
+    rest = len(model.config.channels) - 4
+    return (
+        torch.randn(1, 1, s, s, s), coords, labels, torch.zeros(1, 1, m, m, m), torch.ones(1),
+        torch.zeros(1, rest, s, s, s),
+    )
+
+
 def _example_inputs(model: Sam3D, n: int = 2) -> tuple[torch.Tensor, ...]:
     s = model.img_size
     g = model.prompt_encoder.image_embedding_size
@@ -99,8 +151,11 @@ def _logaddexp_symbolic(g: Any, a: Any, b: Any) -> Any:
     return g.op("Add", mx, g.op("Log", g.op("Add", one, g.op("Exp", neg))))
 
 
-def _export_graphs(model: Sam3D, paths: dict[str, Path], opset: int) -> None:
+def _export_graphs(model: PromptableModel, paths: dict[str, Path], opset: int) -> None:
     s = model.img_size
+    fusion = isinstance(model, FusionSeg3D)
+    decoder = FusionDecoderWrapper(model) if fusion else DecoderWrapper(model)
+    inputs = _fusion_inputs(model) if fusion else _example_inputs(model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
@@ -115,10 +170,10 @@ def _export_graphs(model: Sam3D, paths: dict[str, Path], opset: int) -> None:
             dynamo=False,
         )
         torch.onnx.export(
-            DecoderWrapper(model).eval(),
-            _example_inputs(model),
+            decoder.eval(),
+            inputs,
             str(paths["decoder"]),
-            input_names=DECODER_INPUTS,
+            input_names=FUSION_DECODER_INPUTS if fusion else DECODER_INPUTS,
             output_names=DECODER_OUTPUTS,
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
             opset_version=opset,
@@ -126,7 +181,9 @@ def _export_graphs(model: Sam3D, paths: dict[str, Path], opset: int) -> None:
         )
 
 
-def export_onnx(model: Sam3D, out_dir: str | Path, *, opset: int = 17, name: str | None = None) -> dict[str, Path]:
+def export_onnx(
+    model: PromptableModel, out_dir: str | Path, *, opset: int = 17, name: str | None = None
+) -> dict[str, Path]:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``export.json`` to ``out_dir``; returns their paths.
 
     Uses the TorchScript exporter (``dynamo=False``; ``aten::logaddexp`` gets a custom symbolic while it
@@ -142,11 +199,15 @@ def export_onnx(model: Sam3D, out_dir: str | Path, *, opset: int = 17, name: str
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::logaddexp", opset)
     s = model.img_size
-    g = model.prompt_encoder.image_embedding_size
-    c = model.prompt_encoder.embed_dim
-    m = model.prompt_encoder.mask_input_size
+    m = model.low_res_size
+    if isinstance(model, FusionSeg3D):
+        c, g = 1, s
+    else:
+        g = model.prompt_encoder.image_embedding_size
+        c = model.prompt_encoder.embed_dim
     meta: dict[str, Any] = {
         "model": name,
+        "kind": model.kind,
         "config": model.config.to_dict() if model.config is not None else None,
         "opset": opset,
         "torch": torch.__version__,
@@ -163,6 +224,11 @@ def export_onnx(model: Sam3D, out_dir: str | Path, *, opset: int = 17, name: str
                 "point_labels": {"shape": [1, "N"], "dtype": "int64"},
                 "mask_input": {"shape": [1, 1, m, m, m], "dtype": "float32"},
                 "has_mask_input": {"shape": [1], "dtype": "float32"},
+                **(
+                    {"prompt_channels": {"shape": [1, len(model.config.channels) - 4, s, s, s], "dtype": "float32"}}
+                    if isinstance(model, FusionSeg3D)
+                    else {}
+                ),
             },
             "outputs": {
                 "low_res_logits": {"shape": [1, 1, m, m, m], "dtype": "float32"},
@@ -189,8 +255,19 @@ class OnnxModel:
         prov = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(d / "encoder.onnx"), opts, providers=prov)
         self.decoder = ort.InferenceSession(str(d / "decoder.onnx"), opts, providers=prov)
-        self._mask_shape = tuple(self.meta["decoder"]["inputs"]["mask_input"]["shape"])
+        inputs = self.meta["decoder"]["inputs"]
+        self._mask_shape = tuple(inputs["mask_input"]["shape"])
+        self._channels_shape = tuple(inputs["prompt_channels"]["shape"]) if "prompt_channels" in inputs else None
         self.img_size: int = self.meta["encoder"]["inputs"]["image"]["shape"][-1]
+        self.low_res_size: int = self._mask_shape[-1]
+        self.kind: str = self.meta.get("kind", "sam")
+        self.config = None
+
+    def no_mask_prompt(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
+        """As the exported model's family: zero logits (SAM) or None (early fusion)."""
+        if self.kind == "fusion":
+            return None
+        return torch.zeros(batch, *self._mask_shape[1:])
 
     def image_encoder(self, x: torch.Tensor) -> torch.Tensor:
         """image [1, 1, S, S, S] -> embedding [1, C, G, G, G]."""
@@ -204,9 +281,10 @@ class OnnxModel:
         labels: torch.Tensor,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = False,
+        dense_prompts: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """emb [1, C, G, G, G], coords [1, N, 3], labels [1, N], mask [1, 1, 4G, 4G, 4G] or None
-        -> (low_res_logits [1, 1, 4G, 4G, 4G], iou [1, 1])."""
+        """emb [1, C, G, G, G], coords [1, N, 3], labels [1, N], mask [1, 1, g, g, g] or None
+        -> (low_res_logits [1, 1, g, g, g], iou [1, 1]); ``dense_prompts`` (early fusion only) by channel name."""
         if multimask_output:
             raise ValueError("the exported decoder has the single-mask output only")
         if coords is None or labels is None:
@@ -220,13 +298,24 @@ class OnnxModel:
             "mask_input": mask.detach().cpu().float().numpy(),
             "has_mask_input": torch.tensor([1.0 if has else 0.0]).numpy(),
         }
+        if self._channels_shape is not None:
+            rest = torch.zeros(self._channels_shape)
+            for name, value in (dense_prompts or {}).items():
+                if name not in PROMPT_CHANNELS[4:]:
+                    valid = ", ".join(PROMPT_CHANNELS[4:])
+                    raise ValueError(f"unknown prompt channel {name!r}; expected one of {valid}")
+                rest[:, PROMPT_CHANNELS.index(name) - 4] = value.detach().cpu().float()[:, 0]
+            feeds["prompt_channels"] = rest.numpy()
+        elif dense_prompts:
+            raise ValueError(f"this exported model takes clicks only, not {', '.join(dense_prompts)}")
         low, iou = self.decoder.run(DECODER_OUTPUTS, feeds)
         return torch.from_numpy(low), torch.from_numpy(iou)
 
     def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:
-        """Low-res logits [B, M, S/4, S/4, S/4] -> [B, M, S, S, S] (trilinear, as ``Sam3D``)."""
-        return Sam3D.upsample_logits(self, low_res)  # type: ignore[arg-type]
+        """Low-res logits [B, M, g, g, g] -> [B, M, S, S, S] (trilinear, as the exported model)."""
+        s = self.img_size
+        return F.interpolate(low_res, size=(s, s, s), mode="trilinear", align_corners=False)
 
     def upsample_mask(self, low_res: torch.Tensor) -> torch.Tensor:
-        """``upsample_logits(low_res) > 0`` for one mask -> bool [S, S, S] (as ``Sam3D``)."""
-        return Sam3D.upsample_mask(self, low_res)  # type: ignore[arg-type]
+        """``upsample_logits(low_res) > 0`` for one mask -> bool [S, S, S] (as the exported model)."""
+        return upsample_mask(low_res, self.img_size)
