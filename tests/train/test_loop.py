@@ -188,7 +188,8 @@ def test_correction_recipe_runs_k_clicks_without_gradient_then_one_trained_round
     cfg = TrainConfig(steps=10, max_corrections=4, seed=1)
     target = torch.zeros(2, 1, 32, 32, 32)
     target[:, :, 10:20, 12:22, 8:18] = 1
-    loss, per_round = correction_loss(model, torch.randn(2, 1, 32, 32, 32), target, [5, 6], step, cfg, make_loss("dicece"))
+    image = torch.randn(2, 1, 32, 32, 32)
+    loss, per_round = correction_loss(model, image, target, [5, 6], step, cfg, make_loss("dicece"))
     k = int(np.random.default_rng([1, _STREAM_ROUNDS, step]).integers(5))
     assert len(calls) == k + 1
     assert [g for g, _, _ in calls] == [False] * k + [True]
