@@ -1,7 +1,7 @@
-"""Install trained weights as volsam's bundled default model (``src/volsam/weights/volsam_tiny.safetensors``).
+"""Install trained weights as volsam's bundled default model (``src/volsam/weights/volsam_fusion.safetensors``).
 
-Loads the checkpoint strictly as ``volsam_tiny``, writes its state dict as safetensors (fp32) atomically,
-and prints the size and SHA-256 for the model card.
+Loads the checkpoint strictly as the default model (:data:`volsam.registry.DEFAULT_MODEL`), writes its
+state dict as safetensors (fp32) atomically, and prints the size and SHA-256 for the model card.
 
     python scripts/ship_default_model.py runs/default/final.pt
 """
@@ -21,7 +21,7 @@ from volsam.session import default_weights_path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", help="a volsam_tiny checkpoint (volsam train's final.pt or latest.pt)")
+    ap.add_argument("checkpoint", help="a checkpoint of the default model (volsam train's final.pt or latest.pt)")
     ap.add_argument("-o", "--output", default=None, help=f"default: {default_weights_path()}")
     args = ap.parse_args(argv)
     model = build_model(DEFAULT_MODEL, args.checkpoint)

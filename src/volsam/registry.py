@@ -80,7 +80,9 @@ def _volsam_small() -> ModelConfig:
 
 
 @register_model(
-    "volsam_tiny", "volsam's default model: 6 blocks x 256, 8 heads, global; decoder width 192; click prior 6 vox"
+    "volsam_tiny",
+    "SAM-style CPU student: 6 blocks x 256, 8 heads, global; decoder width 192; click prior 6 vox (volsam's v1 "
+    "default model; its weights are no longer shipped)",
 )
 def _volsam_tiny() -> ModelConfig:
     return make_config(
