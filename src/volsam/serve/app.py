@@ -21,6 +21,8 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 - ``GET /sessions/{id}/image``: the image as .nii.gz (what the viewer displays).
 - ``GET /``: the NiiVue viewer (``static/``), served without the token (it holds no data).
 - ``DELETE /sessions/{id}``.
+- nnInteractive's remote protocol (``/claim``, ``/set_image``, ``/add_*_interaction``, ...; what the 3D Slicer
+  and napari nnInteractive plugins speak), on the same sessions: see :mod:`volsam.serve.nninteractive`.
 
 Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable image, or an
 .mha/.nrrd whose header names a separate data file (refused: it could point anywhere); 401
@@ -156,6 +158,16 @@ class SessionStore:
                 self._expire(victim, now, f" (evicted: the server holds at most {self.max_sessions} sessions)")
             self._live[sid] = _Entry(session)
         return sid
+
+    def idle_left_s(self, sid: str) -> float | None:
+        """Seconds before session ``sid`` expires idle, without counting as a use; None when not live."""
+        with self._lock:
+            now = time.monotonic()
+            self._sweep(now)
+            entry = self._live.get(sid)
+            if entry is None:
+                return None
+            return self.idle_timeout_s if entry.active else max(0.0, self.idle_timeout_s - (now - entry.last_used))
 
     def remove(self, sid: str) -> None:
         with self._lock:
@@ -512,6 +524,18 @@ def create_app(
         return {"status": "ok", "sessions": len(store), "max_sessions": store.max_sessions}
 
     app.include_router(api)
+    # nnInteractive's remote protocol (3D Slicer / napari plugins) over the same store, model, limits and token.
+    from volsam.serve.nninteractive import nninteractive_router, weights_licence
+
+    app.include_router(
+        nninteractive_router(
+            store=store,
+            new_session=new_session,
+            check_token=check_token,
+            max_bytes=max_bytes,
+            licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
+        )
+    )
     _mount_viewer(app)
     return app
 
