@@ -200,6 +200,8 @@ def test_bodies_over_the_upload_limit_are_413(http):
         ("/set_image", {"content": b"garbage!"}, "NNIA"),
         ("/set_image", {"content": wire.pack(np.zeros((2, 4, 4, 4), np.float32))}, "one channel"),
         ("/set_image", {"content": wire.pack(np.zeros((4, 4, 4), np.float32))}, "4-dimensional"),
+        ("/set_image", {"content": wire.pack(np.full((1, 4, 4, 4), np.nan, np.float32))}, "NaN"),
+        ("/set_image", {"content": wire.pack(np.zeros((1, 4, 4, 4), bool))}, "dtype"),
         ("/set_image", {"content": wire.pack(np.zeros((1, 4, 4, 4), np.float32)), "headers": {"X-Meta": "{"}}, "JSON"),
         ("/add_point_interaction", {"json": {"coordinates": [1, 2, 3], "include_interaction": True}}, "set_image"),
         ("/set_target_buffer", {"json": {"shape": [4, 4, 4], "dtype": "uint8"}}, "set_image"),

@@ -312,6 +312,8 @@ def nninteractive_router(
             image = decode(raw, max_elements=max_voxels, ndim=4, dtypes=wire.NUMERIC_DTYPES - {"bool"})
             if image.shape[0] != 1 or min(image.shape[1:]) < 1:
                 raise _bad(f"expected an image [1, x, y, z] (one channel), got shape {list(image.shape)}")
+            if image.dtype.kind == "f" and not np.isfinite(image).all():
+                raise _bad("the image holds NaN or infinite values")
             with leased(token) as (s, lease):
                 s.set_image(np.asarray(image[0], dtype=np.float32), np.diag([*map(float, spacing), 1.0]))
                 lease.image_shape, lease.sent, lease.pending = tuple(image.shape), None, False

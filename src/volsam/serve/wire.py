@@ -33,7 +33,7 @@ def pack(array: np.ndarray, level: int = 3) -> bytes:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     name = arr.dtype.name.encode("ascii")
-    raw = memoryview(arr).cast("B")
+    raw = memoryview(arr).cast("B") if arr.size else memoryview(b"")
     # Chunk boundaries on whole elements: blosc2 needs a length that is a multiple of typesize.
     step = _CHUNK - _CHUNK % max(arr.itemsize, 1)
     starts = range(0, raw.nbytes, step) if raw.nbytes else []
