@@ -10,7 +10,10 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
   -> ``{"id", "shape", "spacing", "affine"}``; ``POST /sessions/demo``: the bundled demo volume.
 - ``GET /sessions/{id}``: shape, objects and clicks of the current object.
 - ``POST /sessions/{id}/clicks`` ``{"point", "positive", "world"}`` -> ``{"voxels", "latency_ms", "object",
-  "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
+  "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}`` (corners equal along one axis: a box
+  drawn on one slice, which gives the 3D object); ``POST /sessions/{id}/scribble`` ``{"points", "positive",
+  "world"}``; ``POST /sessions/{id}/lasso`` ``{"polygon", "axis", "index", "positive"}``;
+  ``POST /sessions/{id}/undo``;
   ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
 - ``GET /sessions/{id}/labels?format=auto|nii.gz|nrrd|mha|dcm``: the label map file on the image grid
   (``auto``, the default: the image's own format, DICOM-SEG for a DICOM series).
@@ -54,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -90,6 +94,25 @@ class BoxRequest(BaseModel):
     lo: tuple[float, float, float] = Field(description="one corner, voxel (i, j, k) or mm RAS+ with world=true")
     hi: tuple[float, float, float] = Field(description="the opposite corner")
     world: bool = False
+
+
+class ScribbleRequest(BaseModel):
+    points: list[tuple[float, float, float]] = Field(
+        min_length=1, max_length=1 << 20, description="the stroke's voxels (i, j, k), or mm RAS+ with world=true"
+    )
+    positive: bool = True
+    world: bool = False
+
+
+class LassoRequest(BaseModel):
+    polygon: list[tuple[float, float]] = Field(
+        min_length=3,
+        max_length=1 << 16,
+        description="closed polygon on the slice: voxel coordinates of the two other axes, in axis order",
+    )
+    axis: int = Field(ge=0, le=2, description="voxel axis the slice is normal to")
+    index: int = Field(description="slice index along axis")
+    positive: bool = True
 
 
 class SessionInfo(BaseModel):
@@ -424,6 +447,21 @@ def create_app(
         with prompt(sid) as s:
             t0 = time.perf_counter()
             return _result(s, s.add_box(req.lo, req.hi, world=req.world), t0)
+
+    @api.post("/sessions/{sid}/scribble", response_model=PromptResult)
+    def add_scribble(sid: str, req: ScribbleRequest) -> PromptResult:
+        """Add a positive or negative scribble (its voxels) to the current object."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            return _result(s, s.add_scribble(np.asarray(req.points), positive=req.positive, world=req.world), t0)
+
+    @api.post("/sessions/{sid}/lasso", response_model=PromptResult)
+    def add_lasso(sid: str, req: LassoRequest) -> PromptResult:
+        """Add a positive or negative lasso (a closed polygon on one slice) to the current object."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            mask = s.add_lasso(np.asarray(req.polygon), axis=req.axis, index=req.index, positive=req.positive)
+            return _result(s, mask, t0)
 
     @api.post("/sessions/{sid}/undo", response_model=PromptResult)
     def undo(sid: str) -> PromptResult:
