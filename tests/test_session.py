@@ -313,3 +313,18 @@ def test_prompt_channels_hold_each_prompt_in_window_coordinates():
     assert s.initial_in_window(window) is None
     s.undo()
     assert s.prompt_channels(window)[PROMPT_CHANNELS.index("scribble-")].sum() == 0  # undo drops the record
+
+
+def test_a_stroke_failing_half_way_leaves_the_session_as_it_was(monkeypatch):
+    s, ball = _ball_session()
+    s.add_click((30, 32, 25))
+    before = (len(s._history), len(s._current.prompts), [len(ws.clicks) for ws in s._current.windows])
+
+    def boom(ws):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(s, "_predict", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        s.add_scribble(np.array([[25, 32, 25], [35, 32, 25]]))
+    assert (len(s._history), len(s._current.prompts), [len(ws.clicks) for ws in s._current.windows]) == before
+    assert np.array_equal(s.mask, ball)

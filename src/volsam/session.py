@@ -633,27 +633,32 @@ class Session:
         predicting each touched window once."""
         self._snapshot()
         self.timings = Timings()
-        obj = self._current
-        obj.prompts.append(prompt)
-        touched: list[_WindowState] = []
-        for voxel, label in clicks:
-            hit = False
-            for ws in obj.windows:
-                wc = voxel_to_window(voxel, self.volume.affine, ws.window)
-                if ws.window.contains(wc):
-                    ws.clicks.append((wc, label))
-                    hit = True
-                    if not any(t is ws for t in touched):
-                        touched.append(ws)
-            if not hit and (label == 1 or self._on_initial(obj, voxel)):
-                ws = self._window_state(obj, self._window_at(voxel))
-                ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
-                obj.windows.append(ws)
-                touched.append(ws)
-        for ws in touched:
-            self._predict(ws)
-        self._grow(obj)
-        return self._commit()
+        try:
+            obj = self._current
+            obj.prompts.append(prompt)
+            touched: list[_WindowState] = []
+            for voxel, label in clicks:
+                hit = False
+                for ws in obj.windows:
+                    wc = voxel_to_window(voxel, self.volume.affine, ws.window)
+                    if ws.window.contains(wc):
+                        ws.clicks.append((wc, label))
+                        hit = True
+                        if not any(t is ws for t in touched):
+                            touched.append(ws)
+                if not hit and (label == 1 or self._on_initial(obj, voxel)):
+                    ws = self._window_state(obj, self._window_at(voxel))
+                    ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
+                    obj.windows.append(ws)
+                    touched.append(ws)
+            for ws in touched:
+                self._predict(ws)
+            self._grow(obj)
+            return self._commit()
+        except BaseException:  # a prompt failing half-way (model error, no memory) leaves no trace
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
 
     def add_scribble(self, voxels: np.ndarray, positive: bool = True, *, world: bool = False) -> np.ndarray:
         """Add a scribble to the current object: points (N, 3) (voxel indices, or mm RAS+ with ``world``;

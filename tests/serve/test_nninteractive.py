@@ -12,11 +12,14 @@ import struct
 import nnInteractive.inference.remote as remote  # nninteractive-client, the plugins' own client (test extra)
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.fakes import ThresholdModel
+from volsam.registry import build_model
 from volsam.serve import create_app, wire
 from volsam.serve.background import background_server
+from volsam.serve.nninteractive import weights_licence
 from volsam.session import Session
 
 SHAPE = (60, 64, 50)
@@ -105,10 +108,11 @@ def test_real_client_runs_a_whole_interaction_with_exact_masks(image, ball):
 
 
 def test_real_client_with_a_registered_model_keeps_buffer_and_server_in_step(image):
-    app = create_app(model="fastsam3d_mini", device="cpu", token=TOKEN)
+    torch.manual_seed(0)
+    app = create_app(model=build_model("fastsam3d_mini"), device="cpu", token=TOKEN)  # random weights
     with background_server(app) as url:
         with remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN) as client:
-            assert "randomly initialised" in client.license
+            assert client.license == "!!MISSING!!"  # a model instance: its weights' licence is unknown
             client.set_image(image, {"spacing": SPACING})
             buf = np.zeros(SHAPE, dtype=np.uint8)
             client.set_target_buffer(buf)
@@ -158,6 +162,12 @@ def _lease(http: TestClient, image: np.ndarray | None = None) -> dict[str, str]:
         r = http.post("/set_target_buffer", json={"shape": list(image.shape[1:]), "dtype": "uint8"}, headers=h)
         assert r.status_code == 200, r.text
     return h
+
+
+def test_the_licence_names_the_served_weights():
+    assert weights_licence(None).startswith("Apache-2.0")
+    assert weights_licence("fastsam3d_mini") == "none: fastsam3d_mini is randomly initialised (no trained weights)"
+    assert weights_licence("/models/custom.pth") == "!!MISSING!!"
 
 
 def test_token_is_required_but_healthz_is_open(http):

@@ -120,11 +120,13 @@ def nninteractive_router(
     new_session: Callable[[], Session],
     check_token: Callable[..., None],
     max_bytes: int,
-    max_voxels: int = MAX_VOXELS,
+    max_voxels: int | None = MAX_VOXELS,
     licence: str = "!!MISSING!!",
 ) -> APIRouter:
     """The protocol's routes over ``store`` (a :class:`~volsam.serve.app.SessionStore`); ``new_session``,
-    ``check_token`` and ``max_bytes`` are the REST API's own, so both share limits and auth."""
+    ``check_token``, ``max_bytes`` (body cap) and ``max_voxels`` (image cap, None: none) are the REST API's
+    own, so both share limits and auth."""
+    budget = max_voxels if max_voxels is not None else 1 << 62  # None: no limit (as create_app's max_voxels)
     leases: weakref.WeakKeyDictionary[Session, _Lease] = weakref.WeakKeyDictionary()
     caps: dict[str, Any] = {}
     api = APIRouter(dependencies=[Depends(check_token)], tags=["nnInteractive protocol"])
@@ -309,7 +311,7 @@ def nninteractive_router(
         raw = await body(request)
 
         def run() -> dict[str, Any]:
-            image = decode(raw, max_elements=max_voxels, ndim=4, dtypes=wire.NUMERIC_DTYPES - {"bool"})
+            image = decode(raw, max_elements=budget, ndim=4, dtypes=wire.NUMERIC_DTYPES - {"bool"})
             if image.shape[0] != 1 or min(image.shape[1:]) < 1:
                 raise _bad(f"expected an image [1, x, y, z] (one channel), got shape {list(image.shape)}")
             if image.dtype.kind == "f" and not np.isfinite(image).all():
@@ -416,7 +418,7 @@ def nninteractive_router(
         def run() -> Response:
             with leased(token) as (s, lease):
                 shape = ready(s, lease)
-                mask = decode(raw, max_elements=max_voxels, shape=shape) != 0
+                mask = decode(raw, max_elements=budget, shape=shape) != 0
                 if not mask.any():
                     raise _bad(f"the {kind} image holds no voxel")
                 if kind == "scribble":
@@ -448,7 +450,7 @@ def nninteractive_router(
         def run() -> Response:
             with leased(token) as (s, lease):
                 shape = ready(s, lease)
-                initial = decode(raw, max_elements=max_voxels, shape=shape)
+                initial = decode(raw, max_elements=budget, shape=shape)
                 s.set_initial_mask(initial)
                 lease.sent = (initial != 0).astype(np.uint8)  # the client wrote it into its buffer itself
                 lease.pending = False
