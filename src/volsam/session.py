@@ -717,8 +717,13 @@ class Session:
         initial.setflags(write=False)  # shared by undo snapshots
         self._snapshot()
         self.timings = Timings()
-        self._objects[-1] = _ObjectState(label=self._current.label, initial=initial)
-        return self._commit()
+        try:
+            self._objects[-1] = _ObjectState(label=self._current.label, initial=initial)
+            return self._commit()
+        except BaseException:
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
 
     def prompt_channels(self, window: Window) -> np.ndarray:
         """The current object's prompts as dense masks in ``window`` coordinates: float32
