@@ -129,7 +129,7 @@ def test_segment_refines_an_initial_mask_and_checks_its_grid(image, tmp_path, ca
     nib.save(nib.Nifti1Image(initial, ref.affine), init_path)
     out = tmp_path / "mask.nii.gz"
     # A negative click off the initial mask and outside every window changes nothing: the mask stays.
-    args = ["segment", str(image), "--initial", str(init_path), "--negative", "30,40,25", "--model", "fastsam3d_mini"]
+    args = ["segment", str(image), "--initial", str(init_path), "--negative", "30,40,25"]  # the shipped model
     assert main([*args, "-o", str(out)]) == 0
     assert np.array_equal(np.asarray(nib.load(out).dataobj), initial)
     assert "initial mask:" in capsys.readouterr().err

@@ -26,6 +26,7 @@ SHAPE = (60, 64, 50)
 CENTRE = (30, 32, 25)
 SPACING = [1.5, 1.5, 1.5]  # the session's 1.5 mm windows align with the grid: masks are exact
 TOKEN = "s3cret"
+OCTET = {"Content-Type": "application/octet-stream"}  # what the client sends with packed arrays
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def _lease(http: TestClient, image: np.ndarray | None = None) -> dict[str, str]:
     assert r.status_code == 200, r.text
     h = {"X-Lease-Token": r.json()["lease_token"]}
     if image is not None:
-        meta = {"X-Meta": json.dumps({"image_properties": {"spacing": SPACING}})}
+        meta = {"X-Meta": json.dumps({"image_properties": {"spacing": SPACING}}), **OCTET}
         assert http.post("/set_image", content=wire.pack(image), headers={**h, **meta}).status_code == 200
         r = http.post("/set_target_buffer", json={"shape": list(image.shape[1:]), "dtype": "uint8"}, headers=h)
         assert r.status_code == 200, r.text
@@ -194,13 +195,13 @@ def test_arrays_over_the_voxel_limit_are_refused_from_the_header(http):
     # Declares 10^15 voxels in a few bytes: refused before anything is allocated.
     hostile = struct.pack(f"<4sBBBB{len(name)}s", b"NNIA", 1, 1, 4, len(name), name)
     hostile += struct.pack("<4q", 1, 10**5, 10**5, 10**5) + struct.pack("<I", 0)
-    r = http.post("/set_image", content=hostile, headers=h)
+    r = http.post("/set_image", content=hostile, headers={**h, **OCTET})
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
 
 
 def test_bodies_over_the_upload_limit_are_413(http):
     h = _lease(http)
-    r = http.post("/set_image", content=b"\0" * (2 << 20), headers=h)
+    r = http.post("/set_image", content=b"\0" * (2 << 20), headers={**h, **OCTET})
     assert r.status_code == 413
 
 
@@ -219,7 +220,7 @@ def test_bodies_over_the_upload_limit_are_413(http):
     ],
 )
 def test_bad_input_before_an_image_is_400_with_a_reason(http, path, kwargs, says):
-    h = {**_lease(http), **kwargs.pop("headers", {})}
+    h = {**_lease(http), **(OCTET if "content" in kwargs else {}), **kwargs.pop("headers", {})}
     r = http.post(path, headers=h, **kwargs)
     assert r.status_code == 400, r.text
     assert says in r.json()["detail"]
@@ -245,7 +246,7 @@ def test_bad_input_before_an_image_is_400_with_a_reason(http, path, kwargs, says
     ],
 )
 def test_bad_interactions_are_400_with_a_reason(http, image, path, kwargs, says):
-    h = _lease(http, image)
+    h = {**_lease(http, image), **(OCTET if "content" in kwargs else {})}
     r = http.post(path, headers=h, **kwargs)
     assert r.status_code == 400, r.text
     assert says in r.json()["detail"] and "\n" not in r.json()["detail"]
