@@ -119,3 +119,20 @@ def test_bundled_default_model_segments_the_demo(tmp_path):
         pytest.skip("no default weights bundled in this build")
     r = run_demo(tmp_path, device="cpu")
     assert r.dice >= DEMO_DICE_FLOOR, r.dice
+
+
+def test_segment_refines_an_initial_mask_and_checks_its_grid(image, tmp_path, capsys):
+    ref = nib.load(image)
+    initial = np.zeros(ref.shape, np.uint8)
+    initial[2:6, 2:6, 2:6] = 1
+    init_path = tmp_path / "initial.nii.gz"
+    nib.save(nib.Nifti1Image(initial, ref.affine), init_path)
+    out = tmp_path / "mask.nii.gz"
+    # A negative click off the initial mask and outside every window changes nothing: the mask stays.
+    args = ["segment", str(image), "--initial", str(init_path), "--negative", "30,40,25"]  # the shipped model
+    assert main([*args, "-o", str(out)]) == 0
+    assert np.array_equal(np.asarray(nib.load(out).dataobj), initial)
+    assert "initial mask:" in capsys.readouterr().err
+    nib.save(nib.Nifti1Image(initial[:-1], ref.affine), init_path)
+    assert main([*args, "-o", str(out)]) == 2
+    assert "is not on the image's grid" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import pytest
 from tests.fakes import ThresholdModel
 from volsam.eval.metrics import dice
 from volsam.io import read_image
-from volsam.session import Session
-from volsam.transforms import voxel_to_world, world_to_voxel
+from volsam.session import MASK_PROMPT_LOGIT, PROMPT_CHANNELS, Session
+from volsam.transforms import voxel_to_window, voxel_to_world, window_to_voxel, world_to_voxel
 
 
 def _scene(affine: np.ndarray, shape=(90, 100, 60), centre_mm=(5.0, -10.0, 8.0), half_mm=(18.0, 12.0, 15.0)):
@@ -199,3 +199,132 @@ def test_negative_click_outside_every_window_adds_nothing():
     again = s.add_click((270, 20, 20), positive=False)
     assert np.array_equal(again, mask) and len(model.calls) == calls and s.num_clicks == 3
     assert np.array_equal(s.undo(), mask) and s.num_clicks == 2
+
+
+# --------------------------------------------------------------------------- slice boxes, strokes, initial masks
+
+
+def _ball_session(model=None, spacing=(1.5, 1.5, 1.5)):
+    shape = (60, 64, 50)
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    ball = ((ii - 30) ** 2 + (jj - 32) ** 2 + (kk - 25) ** 2) <= 12**2
+    img = (10 + 100 * ball + np.random.default_rng(0).normal(0, 1, shape)).astype(np.float32)
+    s = Session(model or ThresholdModel(), "cpu")
+    s.set_image(img, np.diag([*spacing, 1.0]))
+    return s, ball
+
+
+def test_a_box_on_one_slice_gives_the_3d_object_restricted_in_plane_only():
+    s, ball = _ball_session()
+    s.box_margin_mm = 0.0
+    mask = s.add_box((18, 20, 25), (42, 44, 25))
+    assert np.array_equal(mask, ball)  # 25 slices, not the one the box was drawn on
+    s.reset()
+    inplane = s.add_box((24, 20, 25), (36, 44, 25))  # narrower than the ball along i
+    idx = np.argwhere(inplane)
+    assert idx[:, 0].min() == 24 and idx[:, 0].max() == 36 and np.unique(idx[:, 2]).size == 25
+    with pytest.raises(ValueError, match="at least two axes"):
+        s.add_box((30, 32, 25), (30, 32, 25))
+
+
+def test_a_negative_box_is_refused_in_one_line_by_the_sam_family():
+    s, _ = _ball_session()
+    with pytest.raises(ValueError, match=r"^ThresholdModel cannot take a negative box; it takes box\+, ") as e:
+        s.add_box((18, 20, 25), (42, 44, 25), positive=False)
+    assert "\n" not in str(e.value) and not s._history
+
+
+def test_a_scribble_becomes_a_few_farthest_clicks_of_its_sign():
+    model = ThresholdModel()
+    s, ball = _ball_session(model)
+    line = np.array([[i, 32, 25] for i in range(20, 41)])
+    assert np.array_equal(s.add_scribble(line), ball)
+    coords, labels = model.calls[-1]["coords"][0], model.calls[-1]["labels"][0]
+    assert labels.tolist() == [1, 1, 1]
+    window = s.windows[0][0]
+    got = np.round(window_to_voxel(coords.numpy(), s.volume.affine, window)).astype(int).tolist()
+    assert got == [[30, 32, 25], [20, 32, 25], [40, 32, 25]]  # the centre, then the two ends
+    s.add_scribble(line[:1], positive=False)
+    assert model.calls[-1]["labels"][0].tolist() == [1, 1, 1, 0]
+    with pytest.raises(ValueError, match="outside the volume"):
+        s.add_scribble(np.array([[0, 0, 0], [99, 0, 0]]))
+
+
+def test_a_lasso_fills_its_polygon_and_clicks_at_its_deepest_voxel():
+    model = ThresholdModel()
+    s, ball = _ball_session(model)
+    square = np.array([[25, 27], [35, 27], [35, 37], [25, 37]])  # (i, j) on slice k = 25
+    assert np.array_equal(s.add_lasso(square, axis=2, index=25), ball)
+    (p,) = s._current.prompts
+    assert p.kind == "lasso" and p.voxels().shape == (11 * 11, 3) and set(p.voxels()[:, 2]) == {25}
+    window = s.windows[0][0]
+    click = window_to_voxel(model.calls[-1]["coords"][0].numpy(), s.volume.affine, window)
+    assert np.round(click).astype(int).tolist() == [[30, 32, 25]]
+    with pytest.raises(ValueError, match="axis 0, 1 or 2"):
+        s.add_lasso(square, axis=3, index=25)
+
+
+def test_an_initial_mask_is_kept_seeds_the_mask_prompt_and_undoes_exactly():
+    model = ThresholdModel()
+    s, ball = _ball_session(model)
+    initial = np.zeros(ball.shape, np.uint8)
+    initial[24:36, 26:38, 20:30] = 1
+    assert np.array_equal(s.set_initial_mask(initial), initial) and not model.calls
+    assert np.array_equal(s.mask, initial) and np.array_equal(s.label_map, initial)
+    assert np.array_equal(s.add_click((30, 32, 25)), ball)
+    prompt = model.calls[-1]["mask_input"][0, 0]  # low-res logits of the initial mask
+    g = prompt.shape[0]
+    assert prompt[g // 2, g // 2, g // 2] == pytest.approx(MASK_PROMPT_LOGIT) and prompt[0, 0, 0] < 0
+    assert np.array_equal(s.undo(), initial)
+    assert not s.undo().any()
+    with pytest.raises(ValueError, match="shaped like the image"):
+        s.set_initial_mask(initial[:-1])
+
+
+def test_a_negative_click_on_the_initial_mask_opens_a_window():
+    model = ThresholdModel()
+    s, _ = _ball_session(model)
+    initial = np.zeros((60, 64, 50), np.uint8)
+    initial[2:8, 2:8, 2:8] = 1
+    s.set_initial_mask(initial)
+    s.add_click((50, 50, 40), positive=False)  # off the mask: nothing to edit
+    assert not model.calls
+    s.add_click((4, 4, 4), positive=False)
+    assert model.calls and model.calls[-1]["labels"][0].tolist() == [0]
+
+
+def test_prompt_channels_hold_each_prompt_in_window_coordinates():
+    s, _ = _ball_session(spacing=(1.0, 1.0, 4.0))  # 4 mm slices, thicker than the window's 1.5 mm
+    s.add_click((30, 32, 10))
+    s.add_click((31, 32, 10), positive=False)
+    s.add_lasso(np.array([[25, 27], [35, 27], [35, 37], [25, 37]]), axis=2, index=10)
+    s.add_scribble(np.array([[i, 40, 12] for i in range(20, 41)]), positive=False)
+    window = s.windows[0][0]
+    ch = s.prompt_channels(window)
+    assert ch.shape == (len(PROMPT_CHANNELS), *window.shape) and ch.dtype == np.float32
+    n = dict(zip(PROMPT_CHANNELS, ch.reshape(len(PROMPT_CHANNELS), -1).sum(1), strict=True))
+    assert n["box+"] == n["box-"] == n["lasso-"] == n["scribble+"] == 0
+    # Filled prompts cover their volume in window voxels (11 x 11 x 4 mm of lasso / 1.5^3 mm^3 = 143);
+    # thin ones are never lost: each voxel marks at least the window voxel its centre rounds to.
+    assert 0.8 * 143 < n["lasso+"] < 1.3 * 143
+    assert n["point+"] >= 1 and n["point-"] >= 1 and n["scribble-"] >= 20 / 1.5
+    click = np.floor(voxel_to_window(np.array([30.0, 32, 10]), s.volume.affine, window) + 0.5).astype(int)
+    assert ch[PROMPT_CHANNELS.index("point+")][tuple(click)] == 1
+    assert s.initial_in_window(window) is None
+    s.undo()
+    assert s.prompt_channels(window)[PROMPT_CHANNELS.index("scribble-")].sum() == 0  # undo drops the record
+
+
+def test_a_stroke_failing_half_way_leaves_the_session_as_it_was(monkeypatch):
+    s, ball = _ball_session()
+    s.add_click((30, 32, 25))
+    before = (len(s._history), len(s._current.prompts), [len(ws.clicks) for ws in s._current.windows])
+
+    def boom(ws):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(s, "_predict", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        s.add_scribble(np.array([[25, 32, 25], [35, 32, 25]]))
+    assert (len(s._history), len(s._current.prompts), [len(ws.clicks) for ws in s._current.windows]) == before
+    assert np.array_equal(s.mask, ball)

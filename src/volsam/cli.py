@@ -147,6 +147,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t0:.2f} s)"
     )
     mask = None
+    if args.initial:
+        from volsam.io import read_image
+
+        initial = read_image(args.initial)
+        if initial.shape != vol.shape or not np.allclose(initial.affine, vol.affine, atol=1e-3):
+            raise ValueError(f"--initial {args.initial} is not on the image's grid (shape {vol.shape} and affine)")
+        mask = session.set_initial_mask(initial.array != 0)
+        _report("initial mask", session)
     if args.box is not None:
         mask = session.add_box(args.box[:3], args.box[3:], world=args.world)
         _report("box", session)
@@ -329,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
     p.add_argument("--point", type=_point, action=_Click, const=True, metavar="I,J,K", help="positive click")
     p.add_argument("--negative", type=_point, action=_Click, const=False, metavar="I,J,K", help="negative click")
-    p.add_argument("--box", type=_box, metavar="I0,J0,K0,I1,J1,K1", help="3D box (two opposite corners)")
+    p.add_argument(
+        "--box", type=_box, metavar="I0,J0,K0,I1,J1,K1", help="box: two opposite corners (equal on one axis: a 2D box)"
+    )
+    p.add_argument("--initial", metavar="MASK", help="existing mask on the image grid to refine (non-zero = object)")
     p.add_argument("--world", action="store_true", help="points are world coordinates in mm (RAS+)")
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
     p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")

@@ -20,7 +20,27 @@ overwrites voxels of earlier objects (``overwrite=False``); with ``overwrite=Tru
 
 Boxes. The released weights have no box embedding, so a 3D box becomes: a window centred on the box
 centre, a positive click at the box centre, and the result restricted to the box grown by
-``box_margin_mm``.
+``box_margin_mm``. A box drawn on one slice (``lo`` and ``hi`` equal along one axis, a "2D box") asks for
+the 3D object: the same click, restricted in-plane only, never through-plane.
+
+Other prompts, and how they reach the SAM family (SAM-Med3D, FastSAM3D, volsam's SAM-style models),
+whose only inputs are clicks and a low-res mask prompt:
+
+- **scribble** (:meth:`Session.add_scribble`, a set of voxels, positive or negative): up to 3 clicks of its
+  sign, farthest-point sampled along the stroke (in mm), the first nearest the stroke's centroid;
+- **lasso** (:meth:`Session.add_lasso`, a filled polygon on one slice, positive or negative): up to 3
+  clicks of its sign at the maxima of the polygon's in-plane distance transform (its deepest points);
+- **initial mask** (:meth:`Session.set_initial_mask`, edit an existing mask or resume saved work): the
+  object's mask until prompts refine it; every window the object opens later starts from the mask's
+  logits (``+-MASK_PROMPT_LOGIT`` where the window sees the mask / not, area-averaged onto the low-res
+  grid) as its mask prompt instead of zeros, and inside the windows' footprint the model's output replaces
+  the initial mask (outside it the initial mask stays). A negative click on the initial mask opens a
+  window (elsewhere a negative click outside every window still adds nothing);
+- a **negative box** has no SAM-family mapping: a one-line ``ValueError`` says so.
+
+Every prompt is also kept per object in voxel space (``_ObjectState.prompts``), so models that take
+prompts as dense input channels get them from :meth:`Session.prompt_channels` in window coordinates.
+Undo restores the prompts, windows and masks exactly.
 """
 
 from __future__ import annotations
@@ -49,6 +69,17 @@ from volsam.transforms import (
 )
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+PROMPT_KINDS = ("point", "box", "scribble", "lasso")
+PROMPT_CHANNELS = tuple(f"{k}{sign}" for k in PROMPT_KINDS for sign in "+-")
+"""Order of :meth:`Session.prompt_channels`: point+, point-, box+, box-, scribble+, scribble-, lasso+, lasso-."""
+SAM_FAMILY_PROMPTS = frozenset({"point+", "point-", "box+", "scribble+", "scribble-", "lasso+", "lasso-", "initial"})
+"""What a click-and-mask-prompt model takes (the mapping is in the module docstring); a model may declare
+its own set as a ``supported_prompts`` attribute."""
+MASK_PROMPT_LOGIT = 8.0
+"""Logit magnitude of an initial mask turned into a mask prompt (``+`` inside, ``-`` outside)."""
+CLICKS_PER_STROKE = 3
+"""Clicks a scribble or lasso becomes for the SAM family (fewer for short strokes or thin polygons)."""
 
 
 def default_weights_path() -> Path:
@@ -109,12 +140,30 @@ class _WindowState:
     mask: np.ndarray | None = None  # window mask (size,)^3 bool
 
 
+@dataclass(frozen=True, eq=False)
+class _Prompt:
+    """One user prompt in volume voxel space: ``mask`` (bool sub-volume) placed at voxel ``origin``.
+
+    Never modified after creation, so undo snapshots share them."""
+
+    kind: str  # one of PROMPT_KINDS
+    positive: bool
+    origin: np.ndarray  # (3,) int64, the volume voxel of mask[0, 0, 0]
+    mask: np.ndarray  # bool (a, b, c) >= 1 voxel per axis
+
+    def voxels(self) -> np.ndarray:
+        """Volume voxel indices (N, 3) int64 of the prompt."""
+        return np.argwhere(self.mask) + self.origin
+
+
 @dataclass
 class _ObjectState:
     label: int
     windows: list[_WindowState] = field(default_factory=list)
-    box: tuple[np.ndarray, np.ndarray] | None = None  # voxel bounds, inclusive
+    box: tuple[np.ndarray, np.ndarray] | None = None  # voxel bounds, inclusive (+-inf: unbounded axis)
     num_clicks: int = 0  # user clicks (windows also hold the seeds of grown windows)
+    prompts: list[_Prompt] = field(default_factory=list)  # every user prompt, in order (voxel space)
+    initial: np.ndarray | None = None  # bool volume-shaped initial mask (read-only), see set_initial_mask
 
 
 @dataclass
@@ -284,7 +333,10 @@ class Session:
     def _snapshot(self) -> None:
         # Logits and masks are never modified in place, so states can share them: only lists are copied.
         self._history.append(
-            [replace(o, windows=[replace(ws, clicks=list(ws.clicks)) for ws in o.windows]) for o in self._objects]
+            [
+                replace(o, windows=[replace(ws, clicks=list(ws.clicks)) for ws in o.windows], prompts=list(o.prompts))
+                for o in self._objects
+            ]
         )
 
     def add_click(
@@ -299,6 +351,7 @@ class Session:
         self.timings = Timings()
         obj = self._current
         obj.num_clicks += 1
+        obj.prompts.append(_point_prompt(voxel, positive))
         label = 1 if positive else 0
         hit = False
         for ws in obj.windows:
@@ -309,8 +362,8 @@ class Session:
                 hit = True
         # A negative click outside every window marks voxels the object does not hold; a window prompted
         # only by it could add foreground, and would cost an encoder pass.
-        if not hit and positive:
-            ws = _WindowState(self._window_at(voxel))
+        if not hit and (positive or self._on_initial(obj, voxel)):
+            ws = self._window_state(obj, self._window_at(voxel))
             ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
             obj.windows.append(ws)
             self._predict(ws)
@@ -318,22 +371,35 @@ class Session:
         return self._commit()
 
     def add_box(
-        self, lo: tuple[float, float, float], hi: tuple[float, float, float], *, world: bool = False
+        self,
+        lo: tuple[float, float, float],
+        hi: tuple[float, float, float],
+        *,
+        world: bool = False,
+        positive: bool = True,
     ) -> np.ndarray:
-        """Segment inside a 3D box given by two opposite corners; returns the current object's mask.
+        """Segment inside a box given by two opposite corners (inclusive); returns the current object's mask.
 
-        Mapped to prompts as the module docstring says: positive click at the centre, result restricted
-        to the box grown by ``box_margin_mm``.
+        A 3D box restricts the result to the box grown by ``box_margin_mm``. A box drawn on one slice
+        (``lo`` and ``hi`` equal along one voxel axis, within half a voxel) asks for the whole 3D object:
+        the result is restricted in-plane only. Mapped to prompts as the module docstring says.
         """
+        self._require("box", positive)
         a, b = self._to_voxel(lo, world), self._to_voxel(hi, world)
         lo_v, hi_v = np.minimum(a, b), np.maximum(a, b)
         margin = self.box_margin_mm / np.asarray(self.volume.spacing)
+        flat = np.flatnonzero(hi_v - lo_v < 0.5)
+        if len(flat) > 1:
+            raise ValueError(f"a box must span at least two axes, got corners {tuple(lo)} and {tuple(hi)}")
         self._snapshot()
         self.timings = Timings()
         obj = self._current
-        obj.box = (np.floor(lo_v - margin), np.ceil(hi_v + margin))
+        box_lo, box_hi = np.floor(lo_v - margin), np.ceil(hi_v + margin)
+        box_lo[flat], box_hi[flat] = -np.inf, np.inf  # a 2D box: no through-plane restriction
+        obj.box = (box_lo, box_hi)
+        obj.prompts.append(_box_prompt(lo_v, hi_v, positive))
         centre = (lo_v + hi_v) / 2
-        ws = _WindowState(self._window_at(centre))
+        ws = self._window_state(obj, self._window_at(centre))
         ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
         obj.windows.append(ws)
         self._predict(ws)
@@ -367,7 +433,7 @@ class Session:
                     for o in obj.windows
                 ):
                     continue
-                new = _WindowState(win)
+                new = self._window_state(obj, win)
                 new.clicks.append((voxel_to_window(seed_vox, self.volume.affine, win), 1))
                 self._predict(new)
                 obj.windows.append(new)
@@ -415,6 +481,13 @@ class Session:
             sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
             keep[sl] = mask[sl]
             mask = keep
+        if obj.initial is not None:
+            # The initial mask outside the windows' footprint, the model's output inside it.
+            out = obj.initial.astype(np.uint8)
+            blank = np.zeros((self.size,) * 3, dtype=np.uint8)
+            for ws in obj.windows:
+                paste_back(blank, ws.window, vol.shape, vol.affine, out=out)
+            mask = out | mask
         return mask
 
     def _commit(self, everything: bool = False) -> np.ndarray:
@@ -498,3 +571,273 @@ class Session:
     def save(self, path: str | Path) -> Path:
         """Write the label map on the image's grid, atomically, in the format the extension names."""
         return write_mask(self.label_map, self.volume, path)
+
+    # ----------------------------------------------------------------- more prompt types
+    @property
+    def supported_prompts(self) -> frozenset[str]:
+        """Prompt kinds the model takes: ``point+``, ``point-``, ``box+``, ``box-``, ``scribble+``,
+        ``scribble-``, ``lasso+``, ``lasso-``, ``initial`` (the SAM family: all but ``box-``)."""
+        return frozenset(getattr(self.model, "supported_prompts", SAM_FAMILY_PROMPTS))
+
+    def _require(self, kind: str, positive: bool = True) -> None:
+        key = kind if kind == "initial" else f"{kind}{'+' if positive else '-'}"
+        if key not in self.supported_prompts:
+            what = "an initial mask" if kind == "initial" else f"a {'positive' if positive else 'negative'} {kind}"
+            raise ValueError(
+                f"{type(self.model).__name__} cannot take {what}; it takes {', '.join(sorted(self.supported_prompts))}"
+            )
+
+    def _window_state(self, obj: _ObjectState, window: Window) -> _WindowState:
+        """A new window of ``obj``; with an initial mask, its mask prompt starts from the mask's logits."""
+        ws = _WindowState(window)
+        if obj.initial is not None:
+            frac = extract_window(obj.initial.view(np.uint8), self.volume.affine, window, order=1)
+            low = torch.nn.functional.adaptive_avg_pool3d(torch.from_numpy(frac)[None, None], self.size // 4)
+            ws.logits = (MASK_PROMPT_LOGIT * (2 * low - 1)).to(self.device)
+        return ws
+
+    def _on_initial(self, obj: _ObjectState, voxel: np.ndarray) -> bool:
+        if obj.initial is None:
+            return False
+        idx = np.clip(np.floor(voxel + 0.5).astype(int), 0, np.asarray(self.volume.shape) - 1)
+        return bool(obj.initial[tuple(idx)])
+
+    def _voxel_set(self, voxels: np.ndarray, world: bool, what: str) -> np.ndarray:
+        """Points (N, 3) (voxel, or mm RAS+ with ``world``) or a volume-shaped mask -> unique voxels (N, 3)."""
+        vol = self.volume
+        a = np.asarray(voxels)
+        if a.ndim == 3 and a.shape == vol.shape:
+            if world:
+                raise ValueError(f"a {what} given as a mask is on the image grid; world=True is for points")
+            idx = np.argwhere(a)
+        else:
+            p = np.asarray(a, dtype=np.float64)
+            if p.ndim != 2 or p.shape[1] != 3 or not np.all(np.isfinite(p)):
+                raise ValueError(
+                    f"a {what} must be finite points (N, 3) or a mask shaped like the image {vol.shape}, "
+                    f"got shape {a.shape}"
+                )
+            v = world_to_voxel(p, vol.affine) if world else p
+            idx = np.floor(v + 0.5).astype(np.int64)
+            bad = np.any((idx < 0) | (idx >= np.asarray(vol.shape)), axis=1)
+            if bad.any():
+                raise ValueError(f"{what} point {tuple(p[bad][0])} is outside the volume of shape {vol.shape}")
+        if len(idx) == 0:
+            raise ValueError(f"a {what} needs at least one voxel, got none")
+        return np.unique(idx.astype(np.int64), axis=0)
+
+    def _add_prompt(self, prompt: _Prompt, clicks: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        """Record ``prompt`` and route its SAM-family ``clicks`` (volume voxels, label 1/0) like add_click,
+        predicting each touched window once."""
+        self._snapshot()
+        self.timings = Timings()
+        try:
+            obj = self._current
+            obj.prompts.append(prompt)
+            touched: list[_WindowState] = []
+            for voxel, label in clicks:
+                hit = False
+                for ws in obj.windows:
+                    wc = voxel_to_window(voxel, self.volume.affine, ws.window)
+                    if ws.window.contains(wc):
+                        ws.clicks.append((wc, label))
+                        hit = True
+                        if not any(t is ws for t in touched):
+                            touched.append(ws)
+                if not hit and (label == 1 or self._on_initial(obj, voxel)):
+                    ws = self._window_state(obj, self._window_at(voxel))
+                    ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
+                    obj.windows.append(ws)
+                    touched.append(ws)
+            for ws in touched:
+                self._predict(ws)
+            self._grow(obj)
+            return self._commit()
+        except BaseException:  # a prompt failing half-way (model error, no memory) leaves no trace
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
+
+    def add_scribble(self, voxels: np.ndarray, positive: bool = True, *, world: bool = False) -> np.ndarray:
+        """Add a scribble to the current object: points (N, 3) (voxel indices, or mm RAS+ with ``world``;
+        rounded to voxels) or a mask shaped like the image. Returns the current object's mask.
+
+        SAM family: up to ``CLICKS_PER_STROKE`` clicks of its sign, farthest-point sampled in mm."""
+        self._require("scribble", positive)
+        idx = self._voxel_set(voxels, world, "scribble")
+        clicks = _farthest_points(idx, np.asarray(self.volume.spacing), CLICKS_PER_STROKE)
+        label = 1 if positive else 0
+        return self._add_prompt(_prompt_from_voxels("scribble", positive, idx), [(c, label) for c in clicks])
+
+    def add_lasso(
+        self,
+        polygon: np.ndarray,
+        axis: int | None = None,
+        index: int | None = None,
+        positive: bool = True,
+    ) -> np.ndarray:
+        """Add a lasso to the current object: a closed polygon (M, 2) drawn on the slice ``index`` of voxel
+        ``axis`` (vertices in voxel coordinates of the two other axes, in increasing axis order; the voxels
+        whose centres lie inside or on the outline are taken), or an already filled mask shaped like the
+        image (``axis``/``index`` unused). Returns the current object's mask.
+
+        SAM family: up to ``CLICKS_PER_STROKE`` clicks of its sign at the in-plane distance-transform
+        maxima of the filled region."""
+        self._require("lasso", positive)
+        vol = self.volume
+        poly = np.asarray(polygon)
+        if poly.ndim == 3:
+            idx = self._voxel_set(poly, False, "lasso")
+        else:
+            if axis not in (0, 1, 2) or index is None or not 0 <= int(index) < vol.shape[axis]:
+                raise ValueError(
+                    f"a lasso polygon needs axis 0, 1 or 2 and a slice index inside the volume {vol.shape}, "
+                    f"got axis={axis!r} index={index!r}"
+                )
+            plane = tuple(a for a in range(3) if a != axis)
+            uv = _fill_polygon(poly, (vol.shape[plane[0]], vol.shape[plane[1]]))
+            idx = np.insert(uv, axis, int(index), axis=1)
+        prompt = _prompt_from_voxels("lasso", positive, idx)
+        clicks = _deepest_points(prompt.mask, np.asarray(vol.spacing), CLICKS_PER_STROKE) + prompt.origin
+        label = 1 if positive else 0
+        return self._add_prompt(prompt, [(c.astype(np.float64), label) for c in clicks])
+
+    def set_initial_mask(self, mask: np.ndarray) -> np.ndarray:
+        """Start the current object from an existing mask (edit a mask, resume saved work): any array
+        shaped like the image, non-zero = object. It replaces the object's prompts and windows and stays
+        its mask until prompts refine it (see the module docstring). Undoable; returns the object's mask."""
+        self._require("initial")
+        vol = self.volume
+        m = np.asarray(mask)
+        if m.shape != vol.shape:
+            raise ValueError(f"an initial mask must be shaped like the image {vol.shape}, got {m.shape}")
+        initial = np.ascontiguousarray(m != 0)
+        initial.setflags(write=False)  # shared by undo snapshots
+        self._snapshot()
+        self.timings = Timings()
+        try:
+            self._objects[-1] = _ObjectState(label=self._current.label, initial=initial)
+            return self._commit()
+        except BaseException:
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
+
+    def prompt_channels(self, window: Window) -> np.ndarray:
+        """The current object's prompts as dense masks in ``window`` coordinates: float32
+        ``[len(PROMPT_CHANNELS), size, size, size]`` (0/1; channel order ``PROMPT_CHANNELS``), for
+        models that take prompts as input channels. A prompt covers each window voxel its voxels round to
+        (thin strokes are never lost on a coarser window) and each window voxel whose centre falls in one
+        of its voxels (none is sparse on a finer window)."""
+        out = np.zeros((len(PROMPT_CHANNELS), *window.shape), dtype=np.float32)
+        for p in self._current.prompts:
+            c = PROMPT_CHANNELS.index(f"{p.kind}{'+' if p.positive else '-'}")
+            out[c][self._prompt_in_window(p, window)] = 1.0
+        return out
+
+    def initial_in_window(self, window: Window) -> np.ndarray | None:
+        """The current object's initial mask resampled (trilinear, 0..1 float32 ``(size,)*3``) onto
+        ``window``: the previous-probability input before the first prediction; None without one."""
+        init = self._current.initial
+        if init is None:
+            return None
+        return extract_window(init.view(np.uint8), self.volume.affine, window, order=1)
+
+    def _prompt_in_window(self, p: _Prompt, window: Window) -> np.ndarray:
+        affine = self.volume.affine
+        shift = np.eye(4)
+        shift[:3, 3] = p.origin - 1  # the crop is padded by one empty voxel: its hull then covers every voxel
+        sub = np.pad(p.mask, 1).view(np.uint8)
+        inside = extract_window(sub, affine @ shift, window, order=0) > 0.5
+        if p.mask.sum() <= _SCATTER_MAX:
+            wc = np.floor(voxel_to_window(p.voxels(), affine, window) + 0.5).astype(np.int64)
+            ok = np.all((wc >= 0) & (wc < window.size), axis=1)
+            inside[tuple(wc[ok].T)] = True
+        return inside
+
+
+_SCATTER_MAX = 1 << 20  # voxels of a prompt also scattered into windows (strokes; not huge boxes)
+
+
+def _prompt_from_voxels(kind: str, positive: bool, idx: np.ndarray) -> _Prompt:
+    lo = idx.min(axis=0)
+    mask = np.zeros(tuple(idx.max(axis=0) - lo + 1), dtype=bool)
+    mask[tuple((idx - lo).T)] = True
+    mask.setflags(write=False)
+    return _Prompt(kind, positive, lo.astype(np.int64), mask)
+
+
+def _point_prompt(voxel: np.ndarray, positive: bool) -> _Prompt:
+    return _prompt_from_voxels("point", positive, np.floor(np.asarray(voxel) + 0.5).astype(np.int64)[None])
+
+
+def _box_prompt(lo: np.ndarray, hi: np.ndarray, positive: bool) -> _Prompt:
+    a, b = np.floor(lo + 0.5).astype(np.int64), np.floor(hi + 0.5).astype(np.int64)
+    mask = np.ones(tuple(b - a + 1), dtype=bool)
+    mask.setflags(write=False)
+    return _Prompt("box", positive, a, mask)
+
+
+def _farthest_points(idx: np.ndarray, spacing: np.ndarray, k: int) -> list[np.ndarray]:
+    """Up to ``k`` voxels of ``idx`` (N, 3): the one nearest the centroid, then each farthest (mm) from
+    those chosen."""
+    mm = idx * spacing
+    chosen = [int(np.argmin(((mm - mm.mean(0)) ** 2).sum(1)))]
+    dist = ((mm - mm[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < min(k, len(idx)) and dist.max() > 0:
+        chosen.append(int(np.argmax(dist)))
+        dist = np.minimum(dist, ((mm - mm[chosen[-1]]) ** 2).sum(1))
+    return [idx[i].astype(np.float64) for i in chosen]
+
+
+def _deepest_points(mask: np.ndarray, spacing: np.ndarray, k: int) -> np.ndarray:
+    """Up to ``k`` voxels (K, 3) of ``mask`` (a crop) at maxima of its distance transform (mm), computed
+    in-plane for a one-slice mask; each next maximum lies outside the balls of those chosen and at least
+    half as deep as the first."""
+    import scipy.ndimage as ndi
+
+    keep = [a for a in range(3) if mask.shape[a] > 1]
+    flat = mask.reshape([mask.shape[a] for a in keep]) if keep else mask.reshape(1)
+    if not keep:
+        return np.zeros((1, 3), dtype=np.int64)
+    sp = spacing[keep]
+    dist = ndi.distance_transform_edt(np.pad(flat, 1), sampling=sp)[(slice(1, -1),) * len(keep)]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in flat.shape], indexing="ij"), -1) * sp
+    out = []
+    first = None
+    while len(out) < k:
+        i = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        d = float(dist[i])
+        if d <= 0 or (first is not None and d < first / 2):
+            break
+        first = d if first is None else first
+        out.append(i)
+        dist = np.where(((grid - grid[i]) ** 2).sum(-1) <= (2 * d) ** 2, 0.0, dist)
+    pts = np.zeros((len(out), 3), dtype=np.int64)
+    pts[:, keep] = np.asarray(out, dtype=np.int64)
+    return pts
+
+
+def _fill_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """In-plane voxels (N, 2) of a closed polygon (M, 2) whose centres lie inside it or on its outline,
+    clipped to ``shape``."""
+    from matplotlib.path import Path as PolyPath
+
+    poly = np.asarray(polygon, dtype=np.float64)
+    if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.all(np.isfinite(poly)):
+        raise ValueError(f"a lasso polygon must be at least 3 finite vertices (M, 2), got shape {poly.shape}")
+    lo = np.clip(np.floor(poly.min(0)).astype(int), 0, np.asarray(shape) - 1)
+    hi = np.clip(np.ceil(poly.max(0)).astype(int), 0, np.asarray(shape) - 1)
+    uu, vv = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
+    centres = np.stack([uu.ravel(), vv.ravel()], -1)
+    inside = centres[PolyPath(poly).contains_points(centres)]
+    # The outline itself, sampled every half voxel, so thin or tiny polygons still hold voxels.
+    ends = np.roll(poly, -1, axis=0)
+    steps = np.maximum(np.ceil(2 * np.abs(ends - poly).max(1)).astype(int), 1)
+    outline = np.concatenate([np.linspace(a, b, n, endpoint=False) for a, b, n in zip(poly, ends, steps, strict=True)])
+    outline = np.floor(outline + 0.5).astype(np.int64)
+    pts = np.concatenate([inside.astype(np.int64), outline])
+    pts = pts[np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)]
+    if len(pts) == 0:
+        raise ValueError(f"the lasso polygon lies outside the slice of shape {shape}")
+    return np.unique(pts, axis=0)

@@ -423,3 +423,25 @@ def test_dicom_folder_under_the_data_root(client, data_root, tmp_path):
     # a symlink inside the folder pointing out of the root is refused
     (data_root / "case02" / "dicom" / "evil.dcm").symlink_to(tmp_path / "secret.nii.gz")
     assert client.post("/sessions", json={"path": "case02/dicom"}).status_code == 403
+
+
+def test_slice_box_scribble_and_lasso(client, nifti_bytes, truth):
+    sid = _new(client, nifti_bytes)
+    r = client.post(f"/sessions/{sid}/box", json={"lo": [10, 12, 16], "hi": [30, 28, 16]})  # drawn on one slice
+    assert r.status_code == 200, r.text
+    assert r.json()["voxels"] == truth.sum()  # all 16 slices of the box, not one
+    client.post(f"/sessions/{sid}/reset")
+    r = client.post(f"/sessions/{sid}/scribble", json={"points": [[15, 20, 16], [25, 20, 16]], "positive": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["voxels"] == truth.sum()
+    client.post(f"/sessions/{sid}/reset")
+    polygon = [[12, 14], [28, 14], [28, 26], [12, 26]]
+    r = client.post(f"/sessions/{sid}/lasso", json={"polygon": polygon, "axis": 2, "index": 16})
+    assert r.status_code == 200, r.text
+    assert r.json()["voxels"] == truth.sum()
+    r = client.post(f"/sessions/{sid}/scribble", json={"points": [[99, 0, 0]]})
+    assert r.status_code == 400 and "outside the volume" in r.json()["detail"]
+    r = client.post(f"/sessions/{sid}/lasso", json={"polygon": polygon, "axis": 2, "index": 99})
+    assert r.status_code == 400 and "slice index" in r.json()["detail"]
+    r = client.post(f"/sessions/{sid}/lasso", json={"polygon": polygon[:2], "axis": 2, "index": 1})
+    assert r.status_code == 422

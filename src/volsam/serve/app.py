@@ -10,7 +10,10 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
   -> ``{"id", "shape", "spacing", "affine"}``; ``POST /sessions/demo``: the bundled demo volume.
 - ``GET /sessions/{id}``: shape, objects and clicks of the current object.
 - ``POST /sessions/{id}/clicks`` ``{"point", "positive", "world"}`` -> ``{"voxels", "latency_ms", "object",
-  "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}``; ``POST /sessions/{id}/undo``;
+  "clicks"}``; ``POST /sessions/{id}/box`` ``{"lo", "hi", "world"}`` (corners equal along one axis: a box
+  drawn on one slice, which gives the 3D object); ``POST /sessions/{id}/scribble`` ``{"points", "positive",
+  "world"}``; ``POST /sessions/{id}/lasso`` ``{"polygon", "axis", "index", "positive"}``;
+  ``POST /sessions/{id}/undo``;
   ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
 - ``GET /sessions/{id}/labels?format=auto|nii.gz|nrrd|mha|dcm``: the label map file on the image grid
   (``auto``, the default: the image's own format, DICOM-SEG for a DICOM series).
@@ -21,6 +24,8 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 - ``GET /sessions/{id}/image``: the image as .nii.gz (what the viewer displays).
 - ``GET /``: the NiiVue viewer (``static/``), served without the token (it holds no data).
 - ``DELETE /sessions/{id}``.
+- nnInteractive's remote protocol (``/claim``, ``/set_image``, ``/add_*_interaction``, ...; what the 3D Slicer
+  and napari nnInteractive plugins speak), on the same sessions: see :mod:`volsam.serve.nninteractive`.
 
 Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable image, or an
 .mha/.nrrd whose header names a separate data file (refused: it could point anywhere); 401
@@ -52,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -88,6 +94,25 @@ class BoxRequest(BaseModel):
     lo: tuple[float, float, float] = Field(description="one corner, voxel (i, j, k) or mm RAS+ with world=true")
     hi: tuple[float, float, float] = Field(description="the opposite corner")
     world: bool = False
+
+
+class ScribbleRequest(BaseModel):
+    points: list[tuple[float, float, float]] = Field(
+        min_length=1, max_length=1 << 20, description="the stroke's voxels (i, j, k), or mm RAS+ with world=true"
+    )
+    positive: bool = True
+    world: bool = False
+
+
+class LassoRequest(BaseModel):
+    polygon: list[tuple[float, float]] = Field(
+        min_length=3,
+        max_length=1 << 16,
+        description="closed polygon on the slice: voxel coordinates of the two other axes, in axis order",
+    )
+    axis: int = Field(ge=0, le=2, description="voxel axis the slice is normal to")
+    index: int = Field(description="slice index along axis")
+    positive: bool = True
 
 
 class SessionInfo(BaseModel):
@@ -156,6 +181,16 @@ class SessionStore:
                 self._expire(victim, now, f" (evicted: the server holds at most {self.max_sessions} sessions)")
             self._live[sid] = _Entry(session)
         return sid
+
+    def idle_left_s(self, sid: str) -> float | None:
+        """Seconds before session ``sid`` expires idle, without counting as a use; None when not live."""
+        with self._lock:
+            now = time.monotonic()
+            self._sweep(now)
+            entry = self._live.get(sid)
+            if entry is None:
+                return None
+            return self.idle_timeout_s if entry.active else max(0.0, self.idle_timeout_s - (now - entry.last_used))
 
     def remove(self, sid: str) -> None:
         with self._lock:
@@ -413,6 +448,21 @@ def create_app(
             t0 = time.perf_counter()
             return _result(s, s.add_box(req.lo, req.hi, world=req.world), t0)
 
+    @api.post("/sessions/{sid}/scribble", response_model=PromptResult)
+    def add_scribble(sid: str, req: ScribbleRequest) -> PromptResult:
+        """Add a positive or negative scribble (its voxels) to the current object."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            return _result(s, s.add_scribble(np.asarray(req.points), positive=req.positive, world=req.world), t0)
+
+    @api.post("/sessions/{sid}/lasso", response_model=PromptResult)
+    def add_lasso(sid: str, req: LassoRequest) -> PromptResult:
+        """Add a positive or negative lasso (a closed polygon on one slice) to the current object."""
+        with prompt(sid) as s:
+            t0 = time.perf_counter()
+            mask = s.add_lasso(np.asarray(req.polygon), axis=req.axis, index=req.index, positive=req.positive)
+            return _result(s, mask, t0)
+
     @api.post("/sessions/{sid}/undo", response_model=PromptResult)
     def undo(sid: str) -> PromptResult:
         """Undo the last click, box or new object (400 when there is nothing to undo)."""
@@ -512,6 +562,18 @@ def create_app(
         return {"status": "ok", "sessions": len(store), "max_sessions": store.max_sessions}
 
     app.include_router(api)
+    # nnInteractive's remote protocol (3D Slicer / napari plugins) over the same store, model, limits and token.
+    from volsam.serve.nninteractive import nninteractive_router, weights_licence
+
+    app.include_router(
+        nninteractive_router(
+            store=store,
+            new_session=new_session,
+            check_token=check_token,
+            max_bytes=max_bytes,
+            licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
+        )
+    )
     _mount_viewer(app)
     return app
 
