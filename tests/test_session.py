@@ -328,3 +328,44 @@ def test_a_stroke_failing_half_way_leaves_the_session_as_it_was(monkeypatch):
         s.add_scribble(np.array([[25, 32, 25], [35, 32, 25]]))
     assert (len(s._history), len(s._current.prompts), [len(ws.clicks) for ws in s._current.windows]) == before
     assert np.array_equal(s.mask, ball)
+
+
+def _fusion_model():
+    import torch
+
+    from volsam.config import FusionConfig
+    from volsam.modeling import FusionSeg3D
+
+    torch.manual_seed(0)
+    return FusionSeg3D.from_config(FusionConfig(img_size=32, widths=(4, 8), blocks=(1, 1))).eval()
+
+
+def test_an_early_fusion_model_runs_a_session_with_its_box_channel_and_undo():
+    model = _fusion_model()
+    seen: list[dict] = []
+    decode = model.decode
+
+    def spy(emb, coords, labels, prev=None, **kw):
+        seen.append({"n": labels.shape[1], "prev": prev, **kw})
+        return decode(emb, coords, labels, prev, **kw)
+
+    model.decode = spy  # type: ignore[method-assign]
+    s, _ = _ball_session(model)
+    m1 = s.add_click((30, 32, 25))
+    assert seen[-1]["prev"] is None and "dense_prompts" not in seen[-1]  # first click: no previous mask
+    m2 = s.add_click((20, 32, 25), positive=False)
+    assert seen[-1]["n"] == 2 and seen[-1]["prev"].shape == (1, 1, 16, 16, 16)
+    assert np.array_equal(s.undo(), m1)
+    s.new_object()
+    before = len(seen)
+    s.add_box((22, 24, 25), (38, 40, 25))  # drawn on one slice
+    box = seen[before]["dense_prompts"]["box_pos"]  # the box's own window (grown ones may follow)
+    assert box.shape == (1, 1, 32, 32, 32) and 0 < float(box.sum()) < 32**3
+    assert box.sum(dim=(2, 3))[0, 0].nonzero().numel() == 1  # one slice thick in the window
+    assert m2.shape == s.label_map.shape
+
+
+def test_an_early_fusion_model_refuses_a_negative_box_in_one_line():
+    s, _ = _ball_session(_fusion_model())
+    with pytest.raises(ValueError, match="cannot take a negative box"):
+        s.add_box((22, 24, 25), (38, 40, 25), positive=False)

@@ -40,6 +40,12 @@ whose only inputs are clicks and a low-res mask prompt:
 
 Every prompt is also kept per object in voxel space (``_ObjectState.prompts``), so models that take
 prompts as dense input channels get them from :meth:`Session.prompt_channels` in window coordinates.
+
+Early-fusion models (``volsam_fusion``, the default) take clicks as point channels and every previous
+prediction (or the initial mask) as the previous-probability channel; a box reaches them as its box
+channel too (in addition to the centre click and the restriction above). Their channel layout has room
+for scribbles and lassos, but the shipped weights were trained with point and box prompts only, so
+scribbles and lassos reach them through the same sampled clicks as the SAM family.
 Undo restores the prompts, windows and masks exactly.
 """
 
@@ -412,12 +418,26 @@ class Session:
         coords = torch.tensor(np.stack([c for c, _ in ws.clicks]), dtype=torch.float32, device=self.device)[None]
         labels = torch.tensor([lab for _, lab in ws.clicks], dtype=torch.long, device=self.device)[None]
         prev = ws.logits if ws.logits is not None else self.model.no_mask_prompt(1, self.device)
+        extra = self._dense_prompts(ws.window) if self.model.kind == "fusion" else {}
         with self.runtime.context():
-            low, _ = self._decode(emb, coords, labels, prev)
+            low, _ = self._decode(emb, coords, labels, prev, **extra)
             # A copy: a compiled decoder may reuse its output buffers on the next call.
             ws.logits = low = low.float().clone()
             ws.mask = self.model.upsample_mask(low).cpu().numpy()
         self.timings.decode_ms += (time.perf_counter() - t0) * 1e3
+
+    def _dense_prompts(self, window: Window) -> dict[str, dict[str, torch.Tensor]]:
+        """An early-fusion model's box channels for ``window`` (``decode``'s ``dense_prompts``); clicks reach
+        it as points, scribbles and lassos as their sampled clicks (the module docstring's mapping)."""
+        boxes = [p for p in self._current.prompts if p.kind == "box"]
+        if not boxes:
+            return {}
+        out: dict[str, torch.Tensor] = {}
+        for p in boxes:
+            name = "box_pos" if p.positive else "box_neg"
+            m = torch.from_numpy(self._prompt_in_window(p, window).astype(np.float32))[None, None].to(self.device)
+            out[name] = torch.maximum(out[name], m) if name in out else m
+        return {"dense_prompts": out}
 
     def _grow(self, obj: _ObjectState) -> None:
         """Add overlapping windows where masks touch a window border (see module docstring)."""
@@ -592,7 +612,9 @@ class Session:
         ws = _WindowState(window)
         if obj.initial is not None:
             frac = extract_window(obj.initial.view(np.uint8), self.volume.affine, window, order=1)
-            low = torch.nn.functional.adaptive_avg_pool3d(torch.from_numpy(frac)[None, None], self.size // 4)
+            low = torch.nn.functional.adaptive_avg_pool3d(
+                torch.from_numpy(frac)[None, None], self.model.low_res_size
+            )
             ws.logits = (MASK_PROMPT_LOGIT * (2 * low - 1)).to(self.device)
         return ws
 

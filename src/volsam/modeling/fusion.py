@@ -107,6 +107,8 @@ class FusionSeg3D(nn.Module):
     tensor-axis order (as :class:`~volsam.modeling.sam3d.Sam3D`); logits come out at S/2 per axis."""
 
     kind = "fusion"
+    supported_prompts = frozenset({"point+", "point-", "box+", "scribble+", "scribble-", "lasso+", "lasso-", "initial"})
+    """What :class:`volsam.session.Session` may give it (see its docstring for how each prompt arrives)."""
 
     def __init__(self, net: ResEncUNet3D, config: FusionConfig) -> None:
         super().__init__()
