@@ -15,8 +15,10 @@ along the touching face, centred laterally on the touching voxels, and prompted 
 on the mask inside the overlap plus that window's clicks; this repeats until no border is touched or
 ``max_windows`` windows exist. The object mask is the union of its windows' masks.
 
-Objects share one label map (object n has label n). Overlap policy: by default a new object never
-overwrites voxels of earlier objects (``overwrite=False``); with ``overwrite=True`` the newest wins.
+Objects share one uint8 label map (object n has label n, at most :data:`MAX_OBJECTS`). Overlap policy: by
+default a new object never overwrites voxels of earlier objects (``overwrite=False``); with
+``overwrite=True`` the newest wins. Each object keeps its mask cropped to its bounding box, so empty or
+small objects cost next to nothing, and a prompt that fails half-way leaves the session as it was.
 
 Boxes. The released weights have no box embedding, so a 3D box becomes: a window centred on the box
 centre, a positive click at the box centre, and the result restricted to the box grown by
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +54,8 @@ from volsam.transforms import (
 )
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: Objects one session holds: labels 1..255 fit the uint8 label map.
+MAX_OBJECTS = 255
 
 
 def default_weights_path() -> Path:
@@ -110,12 +116,46 @@ class _WindowState:
     mask: np.ndarray | None = None  # window mask (size,)^3 bool
 
 
+@dataclass(frozen=True)
+class _Crop:
+    """A mask kept as its bounding box: ``data`` (bool) covers voxels ``lo .. lo + data.shape - 1``."""
+
+    lo: tuple[int, int, int]
+    data: np.ndarray
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, a + n) for a, n in zip(self.lo, self.data.shape, strict=True))  # type: ignore[return-value]
+
+    @staticmethod
+    def of(mask: np.ndarray) -> _Crop | None:
+        """The crop of a full-size mask; None when it is empty."""
+        axes = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        if any(a.size == 0 for a in axes):
+            return None
+        lo = tuple(int(a[0]) for a in axes)
+        sl = tuple(slice(int(a[0]), int(a[-1]) + 1) for a in axes)
+        return _Crop(lo, mask[sl].astype(bool))  # type: ignore[arg-type]
+
+    def overlap(self, other: _Crop) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+        """Slices of the common box in ``self.data`` and in ``other.data``; None when they do not meet."""
+        mine, theirs = [], []
+        for a, n, b, m in zip(self.lo, self.data.shape, other.lo, other.data.shape, strict=True):
+            start, stop = max(a, b), min(a + n, b + m)
+            if start >= stop:
+                return None
+            mine.append(slice(start - a, stop - a))
+            theirs.append(slice(start - b, stop - b))
+        return tuple(mine), tuple(theirs)
+
+
 @dataclass
 class _ObjectState:
     label: int
     windows: list[_WindowState] = field(default_factory=list)
     box: tuple[np.ndarray, np.ndarray] | None = None  # voxel bounds, inclusive
     num_clicks: int = 0  # user clicks (windows also hold the seeds of grown windows)
+    mask: _Crop | None = None  # the object's mask before the overlap policy (None: empty); replaced, never edited
 
 
 @dataclass
@@ -229,7 +269,6 @@ class Session:
         self._objects: list[_ObjectState] = [_ObjectState(label=1)]
         self._history: list[list[_ObjectState]] = []
         self._label_map: np.ndarray | None = None
-        self._masks: list[np.ndarray] = []  # per object, before the overlap policy
 
     def reset(self) -> None:
         """Forget all clicks and objects; keep the image and its cached embeddings."""
@@ -284,9 +323,22 @@ class Session:
 
     def _snapshot(self) -> None:
         # Logits and masks are never modified in place, so states can share them: only lists are copied.
-        self._history.append(
-            [replace(o, windows=[replace(ws, clicks=list(ws.clicks)) for ws in o.windows]) for o in self._objects]
-        )
+        # Prompts change only the current object, so earlier ones are shared with the snapshot as they are.
+        cur = self._current
+        copy = replace(cur, windows=[replace(ws, clicks=list(ws.clicks)) for ws in cur.windows])
+        self._history.append([*self._objects[:-1], copy])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Snapshot for undo; when the prompt fails half-way (a model error, no memory), restore it."""
+        self._snapshot()
+        self.timings = Timings()
+        try:
+            yield
+        except BaseException:
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
 
     def add_click(
         self, point: tuple[float, float, float] | np.ndarray, positive: bool = True, *, world: bool = False
@@ -296,27 +348,26 @@ class Session:
         ``point`` is a voxel index (i, j, k) of the image array, or with ``world=True`` a point in mm RAS+.
         """
         voxel = self._to_voxel(point, world)
-        self._snapshot()
-        self.timings = Timings()
-        obj = self._current
-        obj.num_clicks += 1
-        label = 1 if positive else 0
-        hit = False
-        for ws in obj.windows:
-            wc = voxel_to_window(voxel, self.volume.affine, ws.window)
-            if ws.window.contains(wc):
-                ws.clicks.append((wc, label))
+        with self._transaction():
+            obj = self._current
+            obj.num_clicks += 1
+            label = 1 if positive else 0
+            hit = False
+            for ws in obj.windows:
+                wc = voxel_to_window(voxel, self.volume.affine, ws.window)
+                if ws.window.contains(wc):
+                    ws.clicks.append((wc, label))
+                    self._predict(ws)
+                    hit = True
+            # A negative click outside every window marks voxels the object does not hold; a window prompted
+            # only by it could add foreground, and would cost an encoder pass.
+            if not hit and positive:
+                ws = _WindowState(self._window_at(voxel))
+                ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
+                obj.windows.append(ws)
                 self._predict(ws)
-                hit = True
-        # A negative click outside every window marks voxels the object does not hold; a window prompted
-        # only by it could add foreground, and would cost an encoder pass.
-        if not hit and positive:
-            ws = _WindowState(self._window_at(voxel))
-            ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
-            obj.windows.append(ws)
-            self._predict(ws)
-        self._grow(obj)
-        return self._commit()
+            self._grow(obj)
+            return self._commit()
 
     def add_box(
         self, lo: tuple[float, float, float], hi: tuple[float, float, float], *, world: bool = False
@@ -329,17 +380,16 @@ class Session:
         a, b = self._to_voxel(lo, world), self._to_voxel(hi, world)
         lo_v, hi_v = np.minimum(a, b), np.maximum(a, b)
         margin = self.box_margin_mm / np.asarray(self.volume.spacing)
-        self._snapshot()
-        self.timings = Timings()
-        obj = self._current
-        obj.box = (np.floor(lo_v - margin), np.ceil(hi_v + margin))
-        centre = (lo_v + hi_v) / 2
-        ws = _WindowState(self._window_at(centre))
-        ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
-        obj.windows.append(ws)
-        self._predict(ws)
-        self._grow(obj)
-        return self._commit()
+        with self._transaction():
+            obj = self._current
+            obj.box = (np.floor(lo_v - margin), np.ceil(hi_v + margin))
+            centre = (lo_v + hi_v) / 2
+            ws = _WindowState(self._window_at(centre))
+            ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
+            obj.windows.append(ws)
+            self._predict(ws)
+            self._grow(obj)
+            return self._commit()
 
     def _predict(self, ws: _WindowState) -> None:
         emb = self._embedding(ws.window)
@@ -419,55 +469,57 @@ class Session:
             mask = keep
         return mask
 
-    def _commit(self, everything: bool = False) -> np.ndarray:
-        """Recompute the current object's mask (every object's after undo)."""
+    def _commit(self) -> np.ndarray:
+        """Recompute the current object's mask (the only one a prompt changes) and return it visible."""
         t0 = time.perf_counter()
-        if everything or len(self._masks) != len(self._objects):
-            self._masks = [self._object_mask(o) for o in self._objects]
-        else:
-            self._masks[-1] = self._object_mask(self._current)
+        self._current.mask = _Crop.of(self._object_mask(self._current))
         self._label_map = None
         self.timings.paste_ms += (time.perf_counter() - t0) * 1e3
         return self._visible_mask(len(self._objects) - 1)
 
     def _visible_mask(self, index: int) -> np.ndarray:
-        """Mask of object ``index`` after the overlap policy."""
-        masks = self._masks
-        m = masks[index].copy()
-        others = masks[:index] if not self.overwrite else masks[index + 1 :]
+        """Mask of object ``index`` after the overlap policy (uint8, shaped like the image array)."""
+        out = np.zeros(self.volume.shape, dtype=np.uint8)
+        crop = self._objects[index].mask
+        if crop is None:
+            return out
+        keep = crop.data.copy()
+        others = self._objects[:index] if not self.overwrite else self._objects[index + 1 :]
         for o in others:
-            m[o > 0] = 0
-        return m
+            common = crop.overlap(o.mask) if o.mask is not None else None
+            if common is not None:
+                keep[common[0]] &= ~o.mask.data[common[1]]  # type: ignore[union-attr]
+        out[crop.slices] = keep
+        return out
 
     @property
     def mask(self) -> np.ndarray:
         """Current object's mask (uint8 0/1, shaped like the image array)."""
         self.volume  # noqa: B018 - raises when no image is set
-        if len(self._masks) != len(self._objects):
-            self._commit(everything=True)
         return self._visible_mask(len(self._objects) - 1)
 
     @property
     def label_map(self) -> np.ndarray:
-        """All objects in one label map (object n has label n), shaped like the image array."""
+        """All objects in one uint8 label map (object n has label n), shaped like the image array."""
         vol = self.volume
         if self._label_map is None:
-            dtype = np.uint8 if len(self._objects) < 256 else np.uint16
-            lm = np.zeros(vol.shape, dtype=dtype)
-            if len(self._masks) != len(self._objects):
-                self._commit(everything=True)
-            for i, obj in enumerate(self._objects):
-                lm[self._visible_mask(i) > 0] = obj.label
+            lm = np.zeros(vol.shape, dtype=np.uint8)
+            # Painted so that the object the overlap policy favours is painted last: the oldest by default.
+            for obj in self._objects if self.overwrite else reversed(self._objects):
+                if obj.mask is not None:
+                    lm[obj.mask.slices][obj.mask.data] = obj.label
             self._label_map = lm
         return self._label_map
 
     def new_object(self) -> int:
-        """Start a new object in the same label map; returns its label."""
+        """Start a new object in the same label map; returns its label (ValueError past MAX_OBJECTS)."""
         self.volume  # noqa: B018 - raises when no image is set
+        if len(self._objects) >= MAX_OBJECTS:
+            raise ValueError(f"a session holds at most {MAX_OBJECTS} objects (labels of one uint8 label map)")
         self._snapshot()
         label = self._objects[-1].label + 1
         self._objects.append(_ObjectState(label=label))
-        self._commit(everything=True)
+        self._label_map = None
         return label
 
     def undo(self) -> np.ndarray:
@@ -475,7 +527,8 @@ class Session:
         if not self._history:
             raise ValueError("nothing to undo")
         self._objects = self._history.pop()
-        return self._commit(everything=True)
+        self._label_map = None
+        return self.mask
 
     @property
     def windows(self) -> list[tuple[Window, np.ndarray]]:
