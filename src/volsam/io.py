@@ -91,7 +91,7 @@ class ImageHeader:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 0
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -200,7 +200,8 @@ def _library_errors(fmt: str, p: Path) -> Iterator[None]:
     except MemoryError as err:
         raise ImageReadError(f"cannot read {fmt} image {p}: not enough memory for its voxels") from err
     except Exception as err:
-        raise ImageReadError(f"cannot read {fmt} image {p} (corrupt or truncated?): {_one_line(err)}") from err
+        why = _one_line(str(err).replace(str(p), p.name))  # the path is said once, in full, up front
+        raise ImageReadError(f"cannot read {fmt} image {p} (corrupt or truncated?): {why}") from err
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 

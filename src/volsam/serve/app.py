@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import gzip
 import hmac
-import os
+import re
 import shutil
 import tempfile
 import threading
@@ -369,18 +369,21 @@ def create_app(
 
     def from_upload(src: Any, filename: str) -> tuple[str, Volume]:
         suffix = _upload_suffix(filename)
-        fd, tmp = tempfile.mkstemp(prefix="volsam-upload-", suffix=suffix)
+        # Saved under the user's own file name (made safe), so what the readers say names their file.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name[: -len(suffix)])[:100].lstrip(".") or "upload"
+        tmpdir = Path(tempfile.mkdtemp(prefix="volsam-upload-"))
+        tmp = tmpdir / f"{stem}{suffix}"
         try:
-            with os.fdopen(fd, "wb") as out:
+            with tmp.open("wb") as out:
                 total = 0
                 while chunk := src.read(_CHUNK):
                     total += len(chunk)
                     if total > max_bytes:
                         raise HTTPException(413, f"upload larger than the limit of {max_upload_mb:g} MB")
                     out.write(chunk)
-            return open_session(Path(tmp), Path(filename).name[:120] or f"upload{suffix}", "refuse")
+            return open_session(tmp, tmp.name, "refuse")
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
     upload_schema = {
         "requestBody": {
