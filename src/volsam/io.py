@@ -352,8 +352,7 @@ def _check_budget(header: ImageHeader, p: Path, max_voxels: int | None) -> None:
     voxels = header.voxels * header.components
     if max_voxels is not None and voxels > max_voxels:
         raise ImageReadError(
-            f"{p} declares {voxels} voxels (shape {header.shape}), more than the limit of {max_voxels} "
-            f"(--max-voxels)"
+            f"{p} declares {voxels} voxels (shape {header.shape}), more than the limit of {max_voxels} (--max-voxels)"
         )
 
 

@@ -231,9 +231,7 @@ def resolve_under(root: Path | None, relative: str) -> Path:
         if target.is_dir():  # a DICOM series folder: every entry must stay inside the root too
             for entry in target.iterdir():
                 if not entry.resolve().is_relative_to(base):
-                    raise HTTPException(
-                        403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root"
-                    )
+                    raise HTTPException(403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root")
             return target
         if not target.is_file():
             raise HTTPException(400, f"{relative!r} is not a file or a DICOM folder")
