@@ -34,6 +34,7 @@ __all__ = [
     "ImageHeader",
     "ImageReadError",
     "Volume",
+    "check_output_path",
     "default_output_path",
     "image_info",
     "nifti_bytes",
@@ -520,17 +521,32 @@ def _label_array(mask: np.ndarray, shape: tuple[int, int, int]) -> NDArray[np.un
     return m.astype(np.uint8 if hi <= 255 else np.uint16)
 
 
-def _check_target(target: Path, reference: Volume) -> None:
-    """Refuse to write onto the reference's file or into its DICOM directory."""
+def check_output_path(path: str | os.PathLike[str], reference: Volume | str | os.PathLike[str]) -> Path:
+    """Refuse an output path before any work is done: an unknown extension, the input file itself, a path
+    inside a DICOM input folder, a directory, or DICOM-SEG for an input that is not a DICOM series.
+
+    ``reference`` is the input as a :class:`Volume` or as the path given (not yet read). Returns the path.
+    """
+    target = Path(path).expanduser()
+    if isinstance(reference, Volume):
+        source, dicom = reference.path, reference.format == "dicom"
+        directory = Path(reference.meta.get("directory", reference.path or "")) if dicom else None
+    else:
+        source = Path(reference).expanduser()
+        dicom = _format_of(source) == "dicom"
+        directory = (source if source.is_dir() else source.parent) if dicom else None
     resolved = target.resolve()
-    if reference.path is not None and resolved == reference.path.resolve():
-        raise ValueError(f"refusing to overwrite the input image {reference.path}")
-    if reference.format == "dicom":
-        directory = Path(reference.meta.get("directory", reference.path or "")).resolve()
+    if source is not None and resolved == source.resolve():
+        raise ValueError(f"refusing to overwrite the input image {source}")
+    if directory is not None:
+        directory = directory.resolve()
         if resolved == directory or directory in resolved.parents:
             raise ValueError(f"refusing to write inside the DICOM input directory {directory}")
     if resolved.is_dir():
         raise ValueError(f"output path {target} is a directory; give a file name")
+    if _output_format(target) == "dicom-seg" and not dicom:
+        raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference; give .nii.gz, .nrrd or .mha")
+    return target
 
 
 @contextlib.contextmanager
@@ -574,7 +590,7 @@ def write_mask(
     """
     target = Path(path).expanduser()
     data = _label_array(mask, reference.shape)
-    _check_target(target, reference)
+    check_output_path(target, reference)
     fmt = _output_format(target)
     if fmt == "dicom-seg" and (reference.format != "dicom" or not reference.meta.get("dicom_files")):
         raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference, got {reference.format}")
@@ -590,8 +606,9 @@ def write_image(volume: Volume, path: str | os.PathLike[str]) -> Path:
     their dtype. Refuses to overwrite ``volume``'s own file; returns the written path.
     """
     target = Path(path).expanduser()
-    _check_target(target, volume)
     fmt = _output_format(target)
+    if fmt != "dicom-seg":
+        check_output_path(target, volume)
     if fmt == "dicom-seg":
         raise ValueError(f"write_image writes NIfTI, NRRD or MHA/MHD, not DICOM ({target})")
     return _write_on_grid(_compact_intensities(np.asarray(volume.array)), volume, target, fmt)

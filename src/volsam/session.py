@@ -63,6 +63,33 @@ def default_weights_path() -> Path:
     return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
 
 
+# Where the official weights of the registered architectures come from (named in the error for a bare name).
+_OFFICIAL_WEIGHTS = {
+    "sam_med3d": ("sam_med3d_turbo.pth", "the SAM-Med3D release (github.com/uni-medical/SAM-Med3D)"),
+    "fastsam3d": ("FastSAM3D.pth", "the FastSAM3D release (github.com/arcadelab/FastSAM3D)"),
+}
+
+
+def _named_model(name: str, random_weights: bool) -> Sam3D:
+    """A registered name: the default model with its bundled weights, random weights only when asked
+    (tests, benchmarks), else a one-line error saying which weights file to give."""
+    if random_weights:
+        return build_model(name)
+    if name == DEFAULT_MODEL and default_weights_path().is_file():
+        return build_model(name, default_weights_path())
+    if name in _OFFICIAL_WEIGHTS:
+        file, source = _OFFICIAL_WEIGHTS[name]
+        how = (
+            f"give its weights file (e.g. --model {file}; official weights: {source}, or `volsam weights fetch {name}`)"
+        )
+    else:
+        how = f"give a weights file trained for it (no official weights exist; `volsam train --model {name}` makes one)"
+    raise ValueError(
+        f"model {name!r} is an architecture without weights and would segment at random: {how}; "
+        "random weights only with --random-weights (random_weights=True), for tests and benchmarks"
+    )
+
+
 def resolve_model(
     model: str | Path | Sam3D | None,
     device: str | torch.device | None = None,
@@ -70,10 +97,13 @@ def resolve_model(
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
     attention_backend: str | None = None,
+    random_weights: bool = False,
 ) -> Sam3D:
     """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
     by onnxruntime on the CPU), an instance, or None (the shipped default).
 
+    A registered name carries no weights: only the default model's resolves (to its bundled weights);
+    others are a ValueError naming the weights file to give, unless ``random_weights`` (tests, benchmarks).
     ``attention_backend`` (``"dense"`` or ``"dilated"``) switches the encoder's global attention, same
     weights (:meth:`~volsam.modeling.sam3d.Sam3D.set_attention_backend`); an instance
     passed in is switched in place."""
@@ -96,7 +126,7 @@ def resolve_model(
             )
         net = build_model(DEFAULT_MODEL, path)
     elif isinstance(model, str) and model in list_models():
-        net = build_model(model)
+        net = _named_model(model, random_weights)
     else:
         path = Path(model)
         if not path.exists():
@@ -185,6 +215,8 @@ class Session:
             in place to its encoder block of the model.
         attention_backend: ``"dense"`` or ``"dilated"`` global attention in the encoder (same weights);
             None keeps the model's own.
+        random_weights: a registered name (other than the default model) builds random weights instead
+            of being refused; for tests and benchmarks only.
         precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16 and
             SDPA's fused kernels on a CUDA GPU, fp32 on CPU; ``torch.compile`` only when ``compile=True``;
             what the device cannot run falls back with a warning).
@@ -208,6 +240,7 @@ class Session:
         compile: bool | None = None,
         memory: str | Path | None = None,
         attention_backend: str | None = None,
+        random_weights: bool = False,
     ) -> None:
         if device is None:
             onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
@@ -222,6 +255,7 @@ class Session:
             decoder_checkpoint=decoder_checkpoint,
             trust_checkpoint=trust_checkpoint,
             attention_backend=attention_backend,
+            random_weights=random_weights,
         )
         if memory is not None:
             from volsam.memory import use_memory
