@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import itertools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -322,6 +323,9 @@ def _expand_data_files(p: Path, spec: bytes, rest: Iterator[bytes]) -> tuple[Pat
         names = [line.strip() for line in itertools.islice(rest, _MAX_DATA_FILES + 1) if line.strip()]
     elif len(words) >= 4 and b"%" in words[0]:
         try:
+            # One plain %d (width at most 2 digits): a pattern like %999999999d would allocate gigabytes.
+            if not re.fullmatch(rb"[^%]*%0?\d{0,2}d[^%]*", words[0]):
+                raise ValueError(f"expected one %d in {words[0][:40]!r}")
             lo, hi, step = (int(w) for w in words[1:4])
             count = (hi - lo) // step + 1 if step else -1
             if not 0 < count <= _MAX_DATA_FILES:
