@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.search_sizes:
             ap.error("give --model and --memory, or --search-sizes")
         return 0
-    model = resolve_model(args.model, "cpu")
+    model = resolve_model(args.model, "cpu", random_weights=True)  # a bare name: random weights, timing only
     mem = load_memory(args.memory)
     x = torch.randn(1, 1, model.img_size, model.img_size, model.img_size)
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         images.append(shifted)
         uploads.append(gzip.compress(nib.Nifti1Image(shifted, base.affine).to_bytes(), compresslevel=1))
 
-    model = resolve_model(args.model, "cpu")  # one instance for the server and the replays
+    model = resolve_model(args.model, "cpu", random_weights=True)  # one instance for the server and the replays
     app = create_app(model, max_sessions=args.sessions, device="cpu")
     stack = contextlib.ExitStack()
     url = stack.enter_context(background_server(app))

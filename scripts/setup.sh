@@ -19,8 +19,17 @@ for p in "${want[@]}"; do
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Another apt/dpkg (unattended-upgrades on a fresh machine, say) may hold the dpkg lock: wait for it
+    # (apt's own lock timeout, in seconds) instead of failing at once, and say what is being waited for.
+    lock_wait=900
+    holders=$(pgrep -a -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|packagekitd' 2>/dev/null | tr '\n' ';' || true)
+    if [ -n "$holders" ]; then
+        echo "setup.sh: waiting up to ${lock_wait} s for the apt/dpkg lock, held by: ${holders%;}" >&2
+    fi
+    apt_lock=(-o "DPkg::Lock::Timeout=${lock_wait}")
+    $SUDO apt-get "${apt_lock[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get "${apt_lock[@]}" install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate

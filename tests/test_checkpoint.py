@@ -116,3 +116,69 @@ def test_corrupt_and_truncated_files(tmp_path, mini_sd):
         assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError, match="not found"):
         read_state_dict(tmp_path / "missing.pth")
+
+
+@pytest.fixture(scope="module")
+def tiny_sd():
+    """Weights of a registered architecture (random; what matters is keys, shapes and dtypes)."""
+    return volsam.build_model("fastsam3d_mini").state_dict()
+
+
+@pytest.mark.parametrize("content", [b"", b"abc", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage", b"PK\x03\x04"])
+def test_bad_safetensors_is_a_one_line_checkpoint_error(tmp_path, content, capsys):
+    from volsam.cli import main
+
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as e:
+        read_state_dict(path)
+    assert "\n" not in str(e.value)
+    img = tmp_path / "x.nii.gz"
+    import nibabel as nib
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), img)
+    assert main(["segment", str(img), "--point", "1,1,1", "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("volsam: error:") and "safetensors" in err[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.uint8, torch.bool, torch.float8_e4m3fn])
+def test_non_floating_weights_are_refused(tmp_path, tiny_sd, dtype):
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tiny_sd.items()}
+    path = tmp_path / "q.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=f"non-floating weights.*{str(dtype).split('.')[-1]}"):
+        volsam.build_model("fastsam3d_mini", checkpoint=path)
+
+
+def test_half_precision_weights_still_load(tmp_path, tiny_sd):
+    path = tmp_path / "h.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in tiny_sd.items()}, path)
+    assert volsam.load_checkpoint(path) is not None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, tiny_sd, bad):
+    sd = dict(tiny_sd)
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = bad
+    path = tmp_path / "n.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=f"NaN or infinite weights in {key}"):
+        volsam.load_checkpoint(path)
+
+
+def test_pickled_code_is_named_as_code(tmp_path, tiny_sd):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model_state_dict": tiny_sd, "hook": Evil()}, path)
+    with pytest.raises(CheckpointError, match=r"pickled code \(posix\.system\).*--trust-checkpoint") as e:
+        read_state_dict(path)
+    assert "corrupt" not in str(e.value)

@@ -9,6 +9,7 @@ import pytest
 from volsam.cli import main
 from volsam.demo import DEMO_IMAGE, run_demo
 from volsam.io import read_image
+from volsam.registry import build_model
 
 DEMO_DICE_FLOOR = 0.5  # the shipped model measured 0.606 on the demo (MODEL_CARD.md); a floor below that
 
@@ -43,6 +44,7 @@ def test_segment_writes_mask_on_input_grid(image, tmp_path, capsys):
             "18,21,14",
             "--model",
             "fastsam3d_mini",
+            "--random-weights",
             "-o",
             str(out),
         ]
@@ -91,7 +93,7 @@ def test_bad_input_is_one_line_no_traceback(image, tmp_path, capsys, args, messa
     fill = {"img": image, "missing": tmp_path / "nope.nii.gz", "trunc": trunc, "trunc_nii": trunc_nii, "img4d": img4d}
     argv = [a.format(**fill) for a in args]
     if "--model" not in argv and argv[0] == "segment":
-        argv += ["--model", "fastsam3d_mini"]
+        argv += ["--model", "fastsam3d_mini", "--random-weights"]
     with pytest.raises(SystemExit) if message is None else contextlib.nullcontext():
         rc = main(argv)
         assert rc == 2
@@ -105,7 +107,7 @@ def test_bad_input_is_one_line_no_traceback(image, tmp_path, capsys, args, messa
 
 
 def test_demo_writes_mask_and_png(tmp_path):
-    r = run_demo(tmp_path, model="fastsam3d_mini")
+    r = run_demo(tmp_path, model=build_model("fastsam3d_mini"))
     assert 0.0 <= r.dice <= 1.0
     assert read_image(r.mask_path).shape == read_image(DEMO_IMAGE).shape
     assert r.png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -136,3 +138,106 @@ def test_segment_refines_an_initial_mask_and_checks_its_grid(image, tmp_path, ca
     nib.save(nib.Nifti1Image(initial[:-1], ref.affine), init_path)
     assert main([*args, "-o", str(out)]) == 2
     assert "is not on the image's grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["sam_med3d", "fastsam3d", "volsam_small"])
+def test_architecture_name_without_weights_fails_in_one_line(image, tmp_path, capsys, name):
+    out = tmp_path / "m.nii.gz"
+    assert main(["segment", str(image), "--point", "1,1,1", "--model", name, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("volsam: error:") and "without weights" in err[0]
+    assert "--random-weights" in err[0] and not out.exists()
+    if name == "sam_med3d":
+        assert "sam_med3d_turbo.pth" in err[0] and "SAM-Med3D" in err[0]
+
+
+def test_default_model_name_uses_the_bundled_weights():
+    import torch
+
+    from volsam.registry import DEFAULT_MODEL
+    from volsam.session import default_weights_path, resolve_model
+
+    if not default_weights_path().is_file():
+        pytest.skip("no default weights bundled in this build")
+    by_name, default = resolve_model(DEFAULT_MODEL, "cpu"), resolve_model(None, "cpu")
+    a, b = by_name.state_dict(), default.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_session_is_exported_at_the_top_level():
+    import volsam
+    from volsam.session import Session
+
+    assert volsam.Session is Session and "Session" in volsam.__all__
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-o", "{tmp}/mask.png"], "output format"),
+        (["-o", "{img}"], "overwrite the input"),
+        (["-o", "{tmp}"], "is a directory"),
+        (["-o", "{tmp}/seg.dcm"], "DICOM-SEG"),
+    ],
+)
+def test_bad_output_is_refused_before_the_model_loads(image, tmp_path, capsys, monkeypatch, extra, message):
+    import volsam.session
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(volsam.session, "resolve_model", no_model)
+    argv = ["segment", str(image), "--point", "1,1,1", *[a.format(tmp=tmp_path, img=image) for a in extra]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.lower() in err.lower() and "Traceback" not in err
+
+
+def test_missing_input_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import volsam.session
+
+    monkeypatch.setattr(volsam.session, "resolve_model", lambda *a, **kw: pytest.fail("model loaded"))
+    assert main(["segment", str(tmp_path / "nope.nii.gz"), "--point", "1,1,1"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_negative_coordinates_are_accepted(tmp_path):
+    from volsam.cli import _join_negative_coordinates, build_parser
+
+    argv = ["segment", "x.nii.gz", "--point", "-5,100,80", "--negative", "-.5,-1,2", "--box", "-1,-2,-3,4,5,6"]
+    args = build_parser().parse_args(_join_negative_coordinates(argv))
+    assert args.clicks == [((-5.0, 100.0, 80.0), True), ((-0.5, -1.0, 2.0), False)]
+    assert args.box == (-1.0, -2.0, -3.0, 4.0, 5.0, 6.0)
+    world = tmp_path / "w.nii.gz"  # world coordinates are often negative: end to end through main
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -16.0
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), affine), world)
+    out = tmp_path / "m.nii.gz"
+    argv = ["segment", str(world), "--world", "--point", "-2,-2,-2", "-o", str(out)]
+    assert main([*argv, "--model", "fastsam3d_mini", "--random-weights", "--device", "cpu"]) == 0
+    assert out.is_file()
+
+
+def test_itk_warnings_are_kept_off_stderr(tmp_path, capfd):
+    import pydicom
+
+    from tests.test_io import _write_ct_series
+
+    _write_ct_series(tmp_path / "ct", np.zeros((6, 5, 6), np.float32))
+    files = sorted((tmp_path / "ct").iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
+    files[3].unlink()  # a missing slice: ITK's series reader warns on stderr from its C++ source
+    assert main(["info", str(tmp_path / "ct")]) == 0
+    err = capfd.readouterr().err
+    assert "WARNING: In" not in err and "SimpleITK-build" not in err
+
+
+def test_busy_port_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"volsam: error: port {port} is in use on 127.0.0.1 (another server?); pick one with --port"

@@ -70,7 +70,7 @@ def test_dynamic_point_count(exported, n):
 
 def test_cli_export_writes_files(tmp_path: Path, capsys):
     out = tmp_path / "onnx"
-    assert main(["export", "--model", "fastsam3d_mini", "--format", "onnx", "-o", str(out)]) == 0
+    assert main(["export", "--model", "fastsam3d_mini", "--random-weights", "--format", "onnx", "-o", str(out)]) == 0
     assert (out / "encoder.onnx").stat().st_size > 0
     assert (out / "decoder.onnx").stat().st_size > 0
     meta = json.loads((out / "export.json").read_text())

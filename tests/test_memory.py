@@ -214,7 +214,8 @@ def test_cli_memory_build(tmp_path):
     data = tmp_path / "Dataset001_Toy"
     _write_dataset(data)
     out = tmp_path / "mem.safetensors"
-    rc = main(["memory", "build", "--data", str(data), "--model", "fastsam3d_mini", "--block", "2", "-o", str(out)])
+    argv = ["memory", "build", "--data", str(data), "--model", "fastsam3d_mini", "--random-weights"]
+    rc = main([*argv, "--block", "2", "-o", str(out)])
     assert rc == 0
     mem = load_memory(out)
     assert mem.size == 24 and mem.block == 2 and mem.model_name == "fastsam3d_mini"

@@ -60,13 +60,13 @@ def test_session_and_cli_fall_back_with_a_one_line_warning(tmp_path, capsys):
     from volsam.session import Session
 
     with pytest.warns(RuntimeFallbackWarning):
-        s = Session("fastsam3d_mini", "cpu", precision="bf16")
+        s = Session("fastsam3d_mini", "cpu", precision="bf16", random_weights=True)
     assert s.runtime.precision == "fp32"
     img = np.zeros((24, 24, 24), np.float32)
     img[8:16, 8:16, 8:16] = 100
     nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "x.nii.gz")
     argv = ["segment", str(tmp_path / "x.nii.gz"), "--point", "12,12,12", "--model", "fastsam3d_mini"]
-    argv += ["--device", "cpu", "--precision", "bf16", "-o", str(tmp_path / "m.nii.gz")]
+    argv += ["--random-weights", "--device", "cpu", "--precision", "bf16", "-o", str(tmp_path / "m.nii.gz")]
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 0

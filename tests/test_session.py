@@ -150,7 +150,7 @@ def test_default_model_without_bundled_weights_says_so(monkeypatch, tmp_path):
 
 
 def test_real_model_on_colin27(mricron_dir, tmp_path):
-    s = Session("fastsam3d_mini")
+    s = Session("fastsam3d_mini", random_weights=True)
     s.set_image(mricron_dir / "ch2.nii.gz")
     mask = s.add_click((90, 108, 90))
     mask = s.add_click((60, 108, 90), positive=False)
@@ -170,7 +170,7 @@ def test_compiled_session_gives_the_eager_masks_as_the_click_count_grows():
     torch.manual_seed(0)
     img = np.zeros((64, 64, 64), np.float32)
     img[20:40, 20:40, 20:40] = 100
-    compiled = Session("fastsam3d_mini", "cpu", compile=True)
+    compiled = Session("fastsam3d_mini", "cpu", compile=True, random_weights=True)
     eager = Session(compiled.model, "cpu")
     assert compiled.runtime.compile and not eager.runtime.compile
     for s in (compiled, eager):

@@ -11,9 +11,20 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
+    "Session",
     "__version__",
     "build_model",
     "list_models",
     "load_checkpoint",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Session is imported on first use: it pulls in the image readers (nibabel, SimpleITK), which
+    # `import volsam` for building or loading a model does not need.
+    if name == "Session":
+        from volsam.session import Session
+
+        return Session
+    raise AttributeError(f"module 'volsam' has no attribute {name!r}")

@@ -14,6 +14,7 @@ and owns what asks the registry (:func:`~volsam.registry.matching_models`,
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,20 +47,36 @@ def read_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            obj: Any = load_file(str(path))
+            try:
+                obj: Any = load_file(str(path))
+            except Exception as e:  # SafetensorError (empty, truncated, not safetensors) subclasses Exception only
+                raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
         else:
             obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
+        # torch says "Unsupported GLOBAL posix.system whose module posix is blocked" (code), or "Unsupported
+        # global: GLOBAL argparse.Namespace was not an allowed global" (an object it does not allow).
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found and "blocked" in str(e):
             raise CheckpointError(
-                f"{path} holds pickled Python objects besides tensors and needs full unpickling; "
-                "if you trust the file, pass trust_checkpoint=True (CLI: --trust-checkpoint)"
+                f"{path} holds pickled code ({found[1]}), which loading it would run; only for a file you "
+                "trust, pass trust_checkpoint=True (CLI: --trust-checkpoint)"
+            ) from None
+        if found:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({found[1]}) besides tensors and needs full unpickling; "
+                "only for a file you trust, pass trust_checkpoint=True (CLI: --trust-checkpoint)"
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated)") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {msg}") from None
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated): {_first_line(e)}") from None
     return normalize_state_dict(obj, source=str(path))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def normalize_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -119,7 +136,31 @@ def _load_strict(
             found = fits({prefix + k: v for k, v in sd.items()})
             hint = f"; the file fits registered model {', '.join(found)}" if found else "; it fits no registered model"
         raise CheckpointError(f"{source} does not fit {what}: {mismatch_report(want, got)}{hint}")
+    _check_values(model, sd, source)
     model.load_state_dict(sd, strict=True)
+
+
+def _check_values(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, limit: int = 3) -> None:
+    """Refuse what ``load_state_dict`` would silently cast: integer, bool or float8 weights where the model
+    holds floats (quantised or corrupt files give empty or full masks), and NaN/inf weights."""
+    own = model.state_dict()
+    kinds = [
+        f"{k} {v.dtype}"
+        for k, v in sd.items()
+        if own[k].is_floating_point() and (not v.is_floating_point() or v.element_size() < 2)
+    ]
+    if kinds:
+        more = f" (+{len(kinds) - limit} more)" if len(kinds) > limit else ""
+        raise CheckpointError(
+            f"{source} holds non-floating weights ({', '.join(kinds[:limit])}{more}); expected float32, float16 "
+            "or bfloat16 tensors (a quantised or corrupt file?)"
+        )
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - limit} more)" if len(bad) > limit else ""
+        raise CheckpointError(
+            f"{source} holds NaN or infinite weights in {', '.join(bad[:limit])}{more} (a diverged or corrupt file?)"
+        )
 
 
 def load_weights(

@@ -56,8 +56,17 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, devic
         )
     p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
+    _add_random_weights_arg(p)
     if device:
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _add_random_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="let a registered architecture name run with random weights (tests and benchmarks only)",
+    )
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -118,12 +127,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from volsam.io import default_output_path
+    from volsam.io import check_output_path, default_output_path, read_header
     from volsam.session import Session
 
     clicks = getattr(args, "clicks", None) or []
     if not clicks and args.box is None:
         raise ValueError("give at least one --point i,j,k (or --box)")
+    # Everything that can be checked without the model is checked before it loads (seconds to minutes).
+    read_header(args.image)  # a missing, unsupported or corrupt input
+    if args.output is not None:
+        check_output_path(args.output, args.image)
     t0 = time.perf_counter()
     session = Session(
         args.model,
@@ -136,6 +149,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         compile=args.compile,
         memory=args.memory,
         attention_backend=args.encoder_attention,
+        random_weights=args.random_weights,
     )
     _err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
@@ -200,6 +214,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         trust_checkpoint=args.trust_checkpoint,
         memory=args.memory,
         attention_backend=args.encoder_attention,
+        random_weights=args.random_weights,
     )
     print(summary.markdown(), end="")
     for case, why in summary.skipped:
@@ -240,10 +255,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from volsam.serve.app import create_app
+    from volsam.session import resolve_model
 
     token = args.token or os.environ.get("VOLSAM_TOKEN") or None
+    _check_port_free(args.host, args.port)
+    model = args.model
+    if model is None or not (Path(model) / "export.json").is_file():  # an ONNX folder loads per session
+        # Loaded now, so a bad --model fails here in one line rather than on the first session's request.
+        model = resolve_model(model, args.device, random_weights=args.random_weights)
     app = create_app(
-        args.model, data_root=args.data_root, token=token, max_sessions=args.max_sessions, device=args.device
+        model,
+        data_root=args.data_root,
+        token=token,
+        max_sessions=args.max_sessions,
+        device=args.device,
+        max_voxels=args.max_voxels or None,
     )
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set --token or VOLSAM_TOKEN)")
@@ -251,12 +277,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """OSError ``port N is in use`` (CLI: one line, rc 2) instead of uvicorn's log line and exit 1."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise OSError(f"cannot serve on {host}: {e.strerror or e}") from e
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise OSError(f"port {port} is in use on {host} (another server?); pick one with --port") from e
+            raise OSError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+
+
 def _cmd_memory_build(args: argparse.Namespace) -> int:
     from volsam.memory import build_memory, save_memory
     from volsam.session import resolve_model
 
     model = resolve_model(
-        args.model, args.device, decoder_checkpoint=args.decoder_checkpoint, trust_checkpoint=args.trust_checkpoint
+        args.model,
+        args.device,
+        decoder_checkpoint=args.decoder_checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+        random_weights=args.random_weights,
     )
     mem = build_memory(
         model,
@@ -278,7 +328,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from volsam.session import resolve_model
 
     model = resolve_model(
-        args.model, "cpu", decoder_checkpoint=args.decoder_checkpoint, trust_checkpoint=args.trust_checkpoint
+        args.model,
+        "cpu",
+        decoder_checkpoint=args.decoder_checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+        random_weights=args.random_weights,
     )
     name = Path(args.model).stem if args.model and Path(args.model).exists() else (args.model or "default")
     paths = export_onnx(model, args.output, opset=args.opset, name=name)
@@ -287,6 +341,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from volsam.io import DEFAULT_MAX_VOXELS
+
     parser = argparse.ArgumentParser(prog="volsam", description="Promptable 3D segmentation of medical volumes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -323,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, metavar="DIR", help="folder that path-based sessions may read")
     p.add_argument("--token", default=None, help="bearer token required on every request (default: $VOLSAM_TOKEN)")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions before LRU eviction (default 8)")
+    p.add_argument(
+        "--max-voxels",
+        type=int,
+        default=DEFAULT_MAX_VOXELS,
+        help=f"largest image a session may hold, checked from the file's header before reading it "
+        f"(default 2^28 = {DEFAULT_MAX_VOXELS}: 1 GiB as float32; 0: no limit)",
+    )
+    _add_random_weights_arg(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("models", help="list the registered models")
@@ -395,11 +459,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COORD_OPTIONS = ("--point", "--negative", "--box")
+
+
+def _join_negative_coordinates(argv: Sequence[str]) -> list[str]:
+    """``--point -5,100,80`` -> ``--point=-5,100,80``: argparse takes a value that starts with ``-`` and is
+    not a plain number for an option, and fails with "expected one argument"."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in _COORD_OPTIONS:
+            value = next(it, None)
+            if value is not None and value[:1] == "-" and (value[1:2].isdigit() or value[1:2] == "."):
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_coordinates(sys.argv[1:] if argv is None else argv))
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning  # a CLI user gets one line per warning, not a traceback frame
     try:

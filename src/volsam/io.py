@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -27,12 +29,17 @@ import SimpleITK as sitk
 from numpy.typing import DTypeLike, NDArray
 
 __all__ = [
+    "DEFAULT_MAX_VOXELS",
     "FORMATS",
+    "DetachedDataError",
+    "ImageHeader",
     "ImageReadError",
     "Volume",
+    "check_output_path",
     "default_output_path",
     "image_info",
     "nifti_bytes",
+    "read_header",
     "read_image",
     "volume_from_array",
     "write_mask",
@@ -46,11 +53,47 @@ _EXPECTED = "expected a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file or a DICO
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+#: Voxel budget a server gives one image (``volsam serve --max-voxels``): 2^28 voxels is 1 GiB as float32,
+#: e.g. 512 x 512 x 1024; :func:`read_image` checks it against the header before reading any voxel.
+DEFAULT_MAX_VOXELS = 2**28
+# A header (NRRD up to its blank line, MetaImage up to ElementDataFile) longer than this is refused: real
+# ones are kilobytes, and one that never ends must not be scanned (or its data read) without bound.
+MAX_HEADER_BYTES = 8 << 20
+# Most NIfTI extension bytes (between the header and vox_offset) a .nii.gz may make us inflate and skip.
+_MAX_NIFTI_OFFSET = 64 << 20
+# Detached data files a pattern or LIST may name before the header is refused.
+_MAX_DATA_FILES = 4096
+
+
 class ImageReadError(ValueError):
     """An image file is missing, unreadable, corrupt or not a 3D scalar image (one-line message)."""
 
 
-def _one_line(err: BaseException, limit: int = 300) -> str:
+class DetachedDataError(ImageReadError):
+    """A header names a separate data file where the caller refuses them (:func:`read_header`)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header declares, read without touching its voxels (:func:`read_header`).
+
+    ``shape`` is the full declared size (trailing singleton axes included; for DICOM, the first slice's
+    size with the number of slices last), ``components`` the values per voxel, ``data_files`` the
+    detached data files an NRRD (``data file:``) or MetaImage (``ElementDataFile``) header names, as
+    paths joined to the header's folder (not resolved); empty when the voxels follow the header inline.
+    """
+
+    format: str
+    shape: tuple[int, ...]
+    components: int = 1
+    data_files: tuple[Path, ...] = ()
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 0
+
+
+def _one_line(err: BaseException | str, limit: int = 300) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -71,8 +114,8 @@ class Volume:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.array.ndim != 3:
-            raise ValueError(f"expected a 3D array, got shape {self.array.shape}")
+        if self.array.ndim != 3 or 0 in self.array.shape:
+            raise ValueError(f"expected a 3D array with every size >= 1, got shape {self.array.shape}")
         aff = np.asarray(self.affine, dtype=np.float64)
         if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
             raise ValueError(f"expected a finite 4x4 affine, got shape {aff.shape}")
@@ -132,31 +175,217 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
-def read_image(path: str | os.PathLike[str], dtype: DTypeLike | None = np.float32) -> Volume:
+def _checked_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    p = Path(path).expanduser()
+    try:
+        exists = p.exists()
+    except OSError as err:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+        raise ImageReadError(f"cannot open {p}: {_one_line(err)}") from err
+    if not exists:
+        raise ImageReadError(f"no such file or directory: {p} ({_EXPECTED})")
+    fmt = _format_of(p)
+    if fmt is None:
+        raise ImageReadError(f"unsupported image type: {p} ({_EXPECTED})")
+    return p, fmt
+
+
+@contextlib.contextmanager
+def _library_errors(fmt: str, p: Path) -> Iterator[None]:
+    """Turn the many exception types the libraries raise for corrupt files into one-line ImageReadErrors,
+    with ITK's own warning lines (``WARNING: In /tmp/SimpleITK-build/...``) kept off stderr."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except MemoryError as err:
+        raise ImageReadError(f"cannot read {fmt} image {p}: not enough memory for its voxels") from err
+    except Exception as err:
+        why = _one_line(str(err).replace(str(p), p.name))  # the path is said once, in full, up front
+        raise ImageReadError(f"cannot read {fmt} image {p} (corrupt or truncated?): {why}") from err
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+DataFilePolicy = Literal["allow", "refuse"] | Path
+
+
+def read_header(path: str | os.PathLike[str], *, data_files: DataFilePolicy = "allow") -> ImageHeader:
+    """Read what an image's header declares (shape, components, detached data files), no voxels.
+
+    The one header reader of volsam: :func:`read_image` checks its voxel budget with it, and ``volsam
+    serve`` refuses detached data files with it. NRRD headers are parsed whole, up to their blank line
+    (or the end of an ``.nhdr``), MetaImage headers up to ``ElementDataFile``; a header longer than
+    :data:`MAX_HEADER_BYTES` is refused. ``data_files``: ``"allow"`` detached data files, ``"refuse"``
+    them, or a folder they must resolve inside (checked before any library opens them).
+    Raises :class:`ImageReadError` (one line), :class:`DetachedDataError` for a refused data file.
+    """
+    p, fmt = _checked_path(path)
+    files = _data_files(p, fmt) if fmt in ("nrrd", "mha", "mhd") else ()
+    _check_data_files(p, files, data_files)
+    with _library_errors(fmt, p):
+        if fmt == "nifti":
+            hdr = nib.load(p, mmap=False).header
+            shape = tuple(int(s) for s in hdr.get_data_shape())
+            return ImageHeader(fmt, shape, len(hdr.get_data_dtype().fields or ()) or 1)
+        if fmt == "dicom":
+            return _dicom_header(p)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        shape = tuple(int(s) for s in reader.GetSize())
+        return ImageHeader(fmt, shape, int(reader.GetNumberOfComponents()), files)
+
+
+def _check_data_files(p: Path, files: tuple[Path, ...], policy: DataFilePolicy) -> None:
+    if not files or policy == "allow":
+        return
+    what = "an .nrrd file must hold its voxels inline (no 'data file:' field)"
+    if p.name.lower().endswith((".mha", ".mhd")):
+        what = "an .mha file must hold its voxels inline (ElementDataFile = LOCAL)"
+    if policy == "refuse":
+        raise DetachedDataError(f"{p} names a separate data file: {what}")
+    root = Path(policy).resolve()
+    for f in files:
+        try:
+            inside = f.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside:
+            raise DetachedDataError(f"{p} names a data file outside the data root: {what}, or name one inside it")
+
+
+def _header_lines(p: Path) -> Iterator[bytes]:
+    """The lines of ``p`` (without line ends) up to :data:`MAX_HEADER_BYTES`; ImageReadError past that."""
+    read = 0
+    with p.open("rb") as f:
+        while line := f.readline(MAX_HEADER_BYTES + 1 - read):
+            read += len(line)
+            if read > MAX_HEADER_BYTES:
+                raise ImageReadError(f"{p} has a header longer than {MAX_HEADER_BYTES >> 20} MiB (not an image?)")
+            yield line.rstrip(b"\r\n")
+
+
+def _data_files(p: Path, fmt: str) -> tuple[Path, ...]:
+    """Detached data files named by an NRRD or MetaImage header (see :func:`read_header`).
+
+    Matching is looser than the libraries' own (any case, any spacing, ``:`` or ``=``), so a header they
+    read as naming a data file is never read here as inline.
+    """
+    lines = _header_lines(p)
+    first = next(lines, b"")
+    nrrd = fmt == "nrrd"
+    if nrrd and not first.startswith(b"NRRD"):
+        raise ImageReadError(f"{p} is not an NRRD file (its first line is not NRRD000N)")
+    spec: bytes | None = None
+    for line in itertools.chain([] if nrrd else [first], lines):
+        if nrrd and not line:
+            break  # the blank line that ends an NRRD header; the voxels follow
+        if nrrd and line.lstrip().startswith(b"#"):
+            continue
+        key, sep, value = _split_field(line)
+        if not sep:
+            continue
+        name = key.lower().replace(b" ", b"").replace(b"\t", b"")
+        if nrrd and name == b"datafile":
+            spec = value.lstrip(b"=").strip()
+            break
+        if not nrrd and name == b"elementdatafile":
+            if key.strip() != b"ElementDataFile" and value.strip().upper() == b"LOCAL":
+                continue  # MetaIO may not take this spelling as the end of the header: read on
+            spec = value.strip()
+            break
+    else:
+        if not nrrd:
+            raise ImageReadError(f"{p} has no ElementDataFile line (not a MetaImage header?)")
+    if spec is None or (not nrrd and spec.upper() == b"LOCAL"):
+        return ()
+    return _expand_data_files(p, spec, lines)
+
+
+def _split_field(line: bytes) -> tuple[bytes, bytes, bytes]:
+    """``key``, separator and value of a header line, split at its first ``:`` or ``=``."""
+    cut = min((i for i in (line.find(b":"), line.find(b"=")) if i >= 0), default=-1)
+    if cut < 0:
+        return line, b"", b""
+    return line[:cut], line[cut : cut + 1], line[cut + 1 :]
+
+
+def _expand_data_files(p: Path, spec: bytes, rest: Iterator[bytes]) -> tuple[Path, ...]:
+    """Data files of a ``data file:``/``ElementDataFile`` value: one name, ``LIST`` (names on the lines
+    that follow) or a printf pattern with ``min max step``."""
+    words = spec.split()
+    if not words:
+        raise ImageReadError(f"{p} names an empty data file")
+    names: list[bytes]
+    if words[0].upper() == b"LIST":
+        names = [line.strip() for line in itertools.islice(rest, _MAX_DATA_FILES + 1) if line.strip()]
+    elif len(words) >= 4 and b"%" in words[0]:
+        try:
+            # One plain %d (width at most 2 digits): a pattern like %999999999d would allocate gigabytes.
+            if not re.fullmatch(rb"[^%]*%0?\d{0,2}d[^%]*", words[0]):
+                raise ValueError(f"expected one %d in {words[0][:40]!r}")
+            lo, hi, step = (int(w) for w in words[1:4])
+            count = (hi - lo) // step + 1 if step else -1
+            if not 0 < count <= _MAX_DATA_FILES:
+                raise ValueError(f"{count} files")
+            names = [words[0] % (lo + i * step) for i in range(count)]
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ImageReadError(f"{p} names data files by a pattern volsam cannot expand: {_one_line(err)}") from err
+    else:
+        names = [spec]
+    if len(names) > _MAX_DATA_FILES:
+        raise ImageReadError(f"{p} names more than {_MAX_DATA_FILES} data files")
+    return tuple(p.parent / os.fsdecode(n) for n in names)
+
+
+def _dicom_header(p: Path) -> ImageHeader:
+    _, files, _, _ = _dicom_series(p)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    size = [int(s) for s in reader.GetSize()]
+    shape = (*size[:2], len(files) * (size[2] if len(size) > 2 else 1))
+    return ImageHeader("dicom", shape, int(reader.GetNumberOfComponents()))
+
+
+def _check_budget(header: ImageHeader, p: Path, max_voxels: int | None) -> None:
+    """One-line ImageReadError for a declared size that is empty or over ``max_voxels`` (None: no limit)."""
+    if any(s <= 0 for s in header.shape):
+        raise ImageReadError(f"{p} declares an empty image (shape {header.shape}); expected every size >= 1")
+    voxels = header.voxels * header.components
+    if max_voxels is not None and voxels > max_voxels:
+        raise ImageReadError(
+            f"{p} declares {voxels} voxels (shape {header.shape}), more than the limit of {max_voxels} (--max-voxels)"
+        )
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    dtype: DTypeLike | None = np.float32,
+    *,
+    max_voxels: int | None = None,
+    data_files: DataFilePolicy = "allow",
+) -> Volume:
     """Read a 3D scalar image (NIfTI, NRRD, MHA/MHD, or a DICOM series directory) into a :class:`Volume`.
 
     The array keeps file voxel order (X, Y, Z) and is cast to ``dtype`` (None keeps the stored type
     after intensity scaling, e.g. for label maps). Trailing singleton dimensions (X, Y, Z, 1) are dropped.
     A ``.dcm`` file selects the series it belongs to in its directory; a directory holding several series
-    gives the first one GDCM lists (all are named in ``meta["series_ids"]``).
+    gives the first one GDCM lists (all are named in ``meta["series_ids"]``). The header is read first
+    (:func:`read_header`): an empty image, or one declaring more than ``max_voxels`` voxels (None: no
+    limit), is refused before any voxel is read or inflated; ``data_files`` as for :func:`read_header`.
     Raises :class:`ImageReadError` for a missing, unsupported, corrupt, non-3D or vector-valued image.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ImageReadError(f"no such file or directory: {p} ({_EXPECTED})")
-    fmt = _format_of(p)
-    if fmt is None:
-        raise ImageReadError(f"unsupported image type: {p} ({_EXPECTED})")
-    try:
+    p, fmt = _checked_path(path)
+    _check_budget(read_header(p, data_files=data_files), p, max_voxels)
+    with _library_errors(fmt, p):
         if fmt == "nifti":
             return _read_nifti(p, dtype)
         if fmt == "dicom":
             return _read_dicom(p, dtype)
         return _read_itk(p, fmt, dtype)
-    except ImageReadError:
-        raise
-    except Exception as err:  # the libraries raise many types for corrupt files
-        raise ImageReadError(f"cannot read {fmt} image {p} (corrupt or truncated?): {_one_line(err)}") from err
 
 
 def _cast(data: np.ndarray, dtype: DTypeLike | None) -> np.ndarray:
@@ -167,6 +396,13 @@ def _read_nifti(p: Path, dtype: DTypeLike | None) -> Volume:
     img = nib.load(p, mmap=False)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageReadError(f"expected a NIfTI image, got {type(img).__name__} in {p}")
+    # nibabel inflates a .nii.gz only up to vox_offset + the declared voxel bytes (which the budget
+    # bounds); a huge vox_offset would make it inflate and discard that much first.
+    if int(img.header.get_data_offset()) > _MAX_NIFTI_OFFSET:
+        raise ImageReadError(
+            f"{p} puts its voxels {int(img.header.get_data_offset())} bytes in (vox_offset); "
+            f"expected at most {_MAX_NIFTI_OFFSET >> 20} MiB of header extensions"
+        )
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -215,7 +451,8 @@ def _read_itk(p: Path, fmt: str, dtype: DTypeLike | None) -> Volume:
     return Volume(_sitk_array(img, dtype), _sitk_affine(img), p, fmt, {})
 
 
-def _read_dicom(p: Path, dtype: DTypeLike | None) -> Volume:
+def _dicom_series(p: Path) -> tuple[Path, list[str], str, list[str]]:
+    """(directory, files in slice order, series UID, every series UID in the directory) for ``p``."""
     directory = p if p.is_dir() else p.parent
     ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)))
     if not ids:
@@ -229,7 +466,11 @@ def _read_dicom(p: Path, dtype: DTypeLike | None) -> Volume:
         if not found:
             raise ImageReadError(f"expected a DICOM image of a series, found none for {p}")
         sid = found[0]
-    files = series[sid]
+    return directory, series[sid], sid, ids
+
+
+def _read_dicom(p: Path, dtype: DTypeLike | None) -> Volume:
+    directory, files, sid, ids = _dicom_series(p)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     img = reader.Execute()
@@ -284,17 +525,32 @@ def _label_array(mask: np.ndarray, shape: tuple[int, int, int]) -> NDArray[np.un
     return m.astype(np.uint8 if hi <= 255 else np.uint16)
 
 
-def _check_target(target: Path, reference: Volume) -> None:
-    """Refuse to write onto the reference's file or into its DICOM directory."""
+def check_output_path(path: str | os.PathLike[str], reference: Volume | str | os.PathLike[str]) -> Path:
+    """Refuse an output path before any work is done: an unknown extension, the input file itself, a path
+    inside a DICOM input folder, a directory, or DICOM-SEG for an input that is not a DICOM series.
+
+    ``reference`` is the input as a :class:`Volume` or as the path given (not yet read). Returns the path.
+    """
+    target = Path(path).expanduser()
+    if isinstance(reference, Volume):
+        source, dicom = reference.path, reference.format == "dicom"
+        directory = Path(reference.meta.get("directory", reference.path or "")) if dicom else None
+    else:
+        source = Path(reference).expanduser()
+        dicom = _format_of(source) == "dicom"
+        directory = (source if source.is_dir() else source.parent) if dicom else None
     resolved = target.resolve()
-    if reference.path is not None and resolved == reference.path.resolve():
-        raise ValueError(f"refusing to overwrite the input image {reference.path}")
-    if reference.format == "dicom":
-        directory = Path(reference.meta.get("directory", reference.path or "")).resolve()
+    if source is not None and resolved == source.resolve():
+        raise ValueError(f"refusing to overwrite the input image {source}")
+    if directory is not None:
+        directory = directory.resolve()
         if resolved == directory or directory in resolved.parents:
             raise ValueError(f"refusing to write inside the DICOM input directory {directory}")
     if resolved.is_dir():
         raise ValueError(f"output path {target} is a directory; give a file name")
+    if _output_format(target) == "dicom-seg" and not dicom:
+        raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference; give .nii.gz, .nrrd or .mha")
+    return target
 
 
 @contextlib.contextmanager
@@ -338,7 +594,7 @@ def write_mask(
     """
     target = Path(path).expanduser()
     data = _label_array(mask, reference.shape)
-    _check_target(target, reference)
+    check_output_path(target, reference)
     fmt = _output_format(target)
     if fmt == "dicom-seg" and (reference.format != "dicom" or not reference.meta.get("dicom_files")):
         raise ValueError(f"DICOM-SEG output ({target}) needs a DICOM series reference, got {reference.format}")
@@ -354,8 +610,9 @@ def write_image(volume: Volume, path: str | os.PathLike[str]) -> Path:
     their dtype. Refuses to overwrite ``volume``'s own file; returns the written path.
     """
     target = Path(path).expanduser()
-    _check_target(target, volume)
     fmt = _output_format(target)
+    if fmt != "dicom-seg":
+        check_output_path(target, volume)
     if fmt == "dicom-seg":
         raise ValueError(f"write_image writes NIfTI, NRRD or MHA/MHD, not DICOM ({target})")
     return _write_on_grid(_compact_intensities(np.asarray(volume.array)), volume, target, fmt)

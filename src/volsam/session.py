@@ -15,8 +15,10 @@ along the touching face, centred laterally on the touching voxels, and prompted 
 on the mask inside the overlap plus that window's clicks; this repeats until no border is touched or
 ``max_windows`` windows exist. The object mask is the union of its windows' masks.
 
-Objects share one label map (object n has label n). Overlap policy: by default a new object never
-overwrites voxels of earlier objects (``overwrite=False``); with ``overwrite=True`` the newest wins.
+Objects share one uint8 label map (object n has label n, at most :data:`MAX_OBJECTS`). Overlap policy: by
+default a new object never overwrites voxels of earlier objects (``overwrite=False``); with
+``overwrite=True`` the newest wins. Each object keeps its mask cropped to its bounding box, so empty or
+small objects cost next to nothing, and a prompt that fails half-way leaves the session as it was.
 
 Boxes. The released weights have no box embedding, so a 3D box becomes: a window centred on the box
 centre, a positive click at the box centre, and the result restricted to the box grown by
@@ -53,6 +55,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -75,6 +79,8 @@ from volsam.transforms import (
 )
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: Objects one session holds: labels 1..255 fit the uint8 label map.
+MAX_OBJECTS = 255
 
 PROMPT_KINDS = ("point", "box", "scribble", "lasso")
 PROMPT_CHANNELS = tuple(f"{k}{sign}" for k in PROMPT_KINDS for sign in "+-")
@@ -93,6 +99,33 @@ def default_weights_path() -> Path:
     return WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
 
 
+# Where the official weights of the registered architectures come from (named in the error for a bare name).
+_OFFICIAL_WEIGHTS = {
+    "sam_med3d": ("sam_med3d_turbo.pth", "the SAM-Med3D release (github.com/uni-medical/SAM-Med3D)"),
+    "fastsam3d": ("FastSAM3D.pth", "the FastSAM3D release (github.com/arcadelab/FastSAM3D)"),
+}
+
+
+def _named_model(name: str, random_weights: bool) -> PromptableModel:
+    """A registered name: the default model with its bundled weights, random weights only when asked
+    (tests, benchmarks), else a one-line error saying which weights file to give."""
+    if random_weights:
+        return build_model(name)
+    if name == DEFAULT_MODEL and default_weights_path().is_file():
+        return build_model(name, default_weights_path())
+    if name in _OFFICIAL_WEIGHTS:
+        file, source = _OFFICIAL_WEIGHTS[name]
+        how = (
+            f"give its weights file (e.g. --model {file}; official weights: {source}, or `volsam weights fetch {name}`)"
+        )
+    else:
+        how = f"give a weights file trained for it (no official weights exist; `volsam train --model {name}` makes one)"
+    raise ValueError(
+        f"model {name!r} is an architecture without weights and would segment at random: {how}; "
+        "random weights only with --random-weights (random_weights=True), for tests and benchmarks"
+    )
+
+
 def resolve_model(
     model: str | Path | PromptableModel | None,
     device: str | torch.device | None = None,
@@ -100,10 +133,13 @@ def resolve_model(
     decoder_checkpoint: str | Path | None = None,
     trust_checkpoint: bool = False,
     attention_backend: str | None = None,
+    random_weights: bool = False,
 ) -> PromptableModel:
     """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
     by onnxruntime on the CPU), an instance, or None (the shipped default).
 
+    A registered name carries no weights: only the default model's resolves (to its bundled weights);
+    others are a ValueError naming the weights file to give, unless ``random_weights`` (tests, benchmarks).
     ``attention_backend`` (``"dense"`` or ``"dilated"``) switches the encoder's global attention, same
     weights (:meth:`~volsam.modeling.sam3d.Sam3D.set_attention_backend`); an instance
     passed in is switched in place."""
@@ -126,7 +162,7 @@ def resolve_model(
             )
         net = build_model(DEFAULT_MODEL, path)
     elif isinstance(model, str) and model in list_models():
-        net = build_model(model)
+        net = _named_model(model, random_weights)
     else:
         path = Path(model)
         if not path.exists():
@@ -162,6 +198,39 @@ class _Prompt:
         return np.argwhere(self.mask) + self.origin
 
 
+@dataclass(frozen=True)
+class _Crop:
+    """A mask kept as its bounding box: ``data`` (bool) covers voxels ``lo .. lo + data.shape - 1``."""
+
+    lo: tuple[int, int, int]
+    data: np.ndarray
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, a + n) for a, n in zip(self.lo, self.data.shape, strict=True))  # type: ignore[return-value]
+
+    @staticmethod
+    def of(mask: np.ndarray) -> _Crop | None:
+        """The crop of a full-size mask; None when it is empty."""
+        axes = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        if any(a.size == 0 for a in axes):
+            return None
+        lo = tuple(int(a[0]) for a in axes)
+        sl = tuple(slice(int(a[0]), int(a[-1]) + 1) for a in axes)
+        return _Crop(lo, mask[sl].astype(bool))  # type: ignore[arg-type]
+
+    def overlap(self, other: _Crop) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+        """Slices of the common box in ``self.data`` and in ``other.data``; None when they do not meet."""
+        mine, theirs = [], []
+        for a, n, b, m in zip(self.lo, self.data.shape, other.lo, other.data.shape, strict=True):
+            start, stop = max(a, b), min(a + n, b + m)
+            if start >= stop:
+                return None
+            mine.append(slice(start - a, stop - a))
+            theirs.append(slice(start - b, stop - b))
+        return tuple(mine), tuple(theirs)
+
+
 @dataclass
 class _ObjectState:
     label: int
@@ -170,6 +239,7 @@ class _ObjectState:
     num_clicks: int = 0  # user clicks (windows also hold the seeds of grown windows)
     prompts: list[_Prompt] = field(default_factory=list)  # every user prompt, in order (voxel space)
     initial: np.ndarray | None = None  # bool volume-shaped initial mask (read-only), see set_initial_mask
+    mask: _Crop | None = None  # the object's mask before the overlap policy (None: empty); replaced, never edited
 
 
 @dataclass
@@ -199,6 +269,8 @@ class Session:
             in place to its encoder block of the model.
         attention_backend: ``"dense"`` or ``"dilated"`` global attention in the encoder (same weights);
             None keeps the model's own.
+        random_weights: a registered name (other than the default model) builds random weights instead
+            of being refused; for tests and benchmarks only.
         precision, attention, compile: see :func:`volsam.runtime.choose_runtime` (``auto``: bf16 and
             SDPA's fused kernels on a CUDA GPU, fp32 on CPU; ``torch.compile`` only when ``compile=True``;
             what the device cannot run falls back with a warning).
@@ -222,6 +294,7 @@ class Session:
         compile: bool | None = None,
         memory: str | Path | None = None,
         attention_backend: str | None = None,
+        random_weights: bool = False,
     ) -> None:
         if device is None:
             onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
@@ -236,6 +309,7 @@ class Session:
             decoder_checkpoint=decoder_checkpoint,
             trust_checkpoint=trust_checkpoint,
             attention_backend=attention_backend,
+            random_weights=random_weights,
         )
         if memory is not None:
             from volsam.memory import use_memory
@@ -283,7 +357,6 @@ class Session:
         self._objects: list[_ObjectState] = [_ObjectState(label=1)]
         self._history: list[list[_ObjectState]] = []
         self._label_map: np.ndarray | None = None
-        self._masks: list[np.ndarray] = []  # per object, before the overlap policy
 
     def reset(self) -> None:
         """Forget all clicks and objects; keep the image and its cached embeddings."""
@@ -338,12 +411,24 @@ class Session:
 
     def _snapshot(self) -> None:
         # Logits and masks are never modified in place, so states can share them: only lists are copied.
-        self._history.append(
-            [
-                replace(o, windows=[replace(ws, clicks=list(ws.clicks)) for ws in o.windows], prompts=list(o.prompts))
-                for o in self._objects
-            ]
+        # Prompts change only the current object, so earlier ones are shared with the snapshot as they are.
+        cur = self._current
+        copy = replace(
+            cur, windows=[replace(ws, clicks=list(ws.clicks)) for ws in cur.windows], prompts=list(cur.prompts)
         )
+        self._history.append([*self._objects[:-1], copy])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Snapshot for undo; when the prompt fails half-way (a model error, no memory), restore it."""
+        self._snapshot()
+        self.timings = Timings()
+        try:
+            yield
+        except BaseException:
+            self._objects = self._history.pop()
+            self._label_map = None
+            raise
 
     def add_click(
         self, point: tuple[float, float, float] | np.ndarray, positive: bool = True, *, world: bool = False
@@ -353,28 +438,27 @@ class Session:
         ``point`` is a voxel index (i, j, k) of the image array, or with ``world=True`` a point in mm RAS+.
         """
         voxel = self._to_voxel(point, world)
-        self._snapshot()
-        self.timings = Timings()
-        obj = self._current
-        obj.num_clicks += 1
-        obj.prompts.append(_point_prompt(voxel, positive))
-        label = 1 if positive else 0
-        hit = False
-        for ws in obj.windows:
-            wc = voxel_to_window(voxel, self.volume.affine, ws.window)
-            if ws.window.contains(wc):
-                ws.clicks.append((wc, label))
+        with self._transaction():
+            obj = self._current
+            obj.num_clicks += 1
+            obj.prompts.append(_point_prompt(voxel, positive))
+            label = 1 if positive else 0
+            hit = False
+            for ws in obj.windows:
+                wc = voxel_to_window(voxel, self.volume.affine, ws.window)
+                if ws.window.contains(wc):
+                    ws.clicks.append((wc, label))
+                    self._predict(ws)
+                    hit = True
+            # A negative click outside every window marks voxels the object does not hold; a window prompted
+            # only by it could add foreground, and would cost an encoder pass.
+            if not hit and (positive or self._on_initial(obj, voxel)):
+                ws = self._window_state(obj, self._window_at(voxel))
+                ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
+                obj.windows.append(ws)
                 self._predict(ws)
-                hit = True
-        # A negative click outside every window marks voxels the object does not hold; a window prompted
-        # only by it could add foreground, and would cost an encoder pass.
-        if not hit and (positive or self._on_initial(obj, voxel)):
-            ws = self._window_state(obj, self._window_at(voxel))
-            ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
-            obj.windows.append(ws)
-            self._predict(ws)
-        self._grow(obj)
-        return self._commit()
+            self._grow(obj)
+            return self._commit()
 
     def add_box(
         self,
@@ -397,20 +481,19 @@ class Session:
         flat = np.flatnonzero(hi_v - lo_v < 0.5)
         if len(flat) > 1:
             raise ValueError(f"a box must span at least two axes, got corners {tuple(lo)} and {tuple(hi)}")
-        self._snapshot()
-        self.timings = Timings()
-        obj = self._current
-        box_lo, box_hi = np.floor(lo_v - margin), np.ceil(hi_v + margin)
-        box_lo[flat], box_hi[flat] = -np.inf, np.inf  # a 2D box: no through-plane restriction
-        obj.box = (box_lo, box_hi)
-        obj.prompts.append(_box_prompt(lo_v, hi_v, positive))
-        centre = (lo_v + hi_v) / 2
-        ws = self._window_state(obj, self._window_at(centre))
-        ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
-        obj.windows.append(ws)
-        self._predict(ws)
-        self._grow(obj)
-        return self._commit()
+        with self._transaction():
+            obj = self._current
+            box_lo, box_hi = np.floor(lo_v - margin), np.ceil(hi_v + margin)
+            box_lo[flat], box_hi[flat] = -np.inf, np.inf  # a 2D box: no through-plane restriction
+            obj.box = (box_lo, box_hi)
+            obj.prompts.append(_box_prompt(lo_v, hi_v, positive))
+            centre = (lo_v + hi_v) / 2
+            ws = self._window_state(obj, self._window_at(centre))
+            ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
+            obj.windows.append(ws)
+            self._predict(ws)
+            self._grow(obj)
+            return self._commit()
 
     def _predict(self, ws: _WindowState) -> None:
         emb = self._embedding(ws.window)
@@ -510,55 +593,57 @@ class Session:
             mask = out | mask
         return mask
 
-    def _commit(self, everything: bool = False) -> np.ndarray:
-        """Recompute the current object's mask (every object's after undo)."""
+    def _commit(self) -> np.ndarray:
+        """Recompute the current object's mask (the only one a prompt changes) and return it visible."""
         t0 = time.perf_counter()
-        if everything or len(self._masks) != len(self._objects):
-            self._masks = [self._object_mask(o) for o in self._objects]
-        else:
-            self._masks[-1] = self._object_mask(self._current)
+        self._current.mask = _Crop.of(self._object_mask(self._current))
         self._label_map = None
         self.timings.paste_ms += (time.perf_counter() - t0) * 1e3
         return self._visible_mask(len(self._objects) - 1)
 
     def _visible_mask(self, index: int) -> np.ndarray:
-        """Mask of object ``index`` after the overlap policy."""
-        masks = self._masks
-        m = masks[index].copy()
-        others = masks[:index] if not self.overwrite else masks[index + 1 :]
+        """Mask of object ``index`` after the overlap policy (uint8, shaped like the image array)."""
+        out = np.zeros(self.volume.shape, dtype=np.uint8)
+        crop = self._objects[index].mask
+        if crop is None:
+            return out
+        keep = crop.data.copy()
+        others = self._objects[:index] if not self.overwrite else self._objects[index + 1 :]
         for o in others:
-            m[o > 0] = 0
-        return m
+            common = crop.overlap(o.mask) if o.mask is not None else None
+            if common is not None:
+                keep[common[0]] &= ~o.mask.data[common[1]]  # type: ignore[union-attr]
+        out[crop.slices] = keep
+        return out
 
     @property
     def mask(self) -> np.ndarray:
         """Current object's mask (uint8 0/1, shaped like the image array)."""
         self.volume  # noqa: B018 - raises when no image is set
-        if len(self._masks) != len(self._objects):
-            self._commit(everything=True)
         return self._visible_mask(len(self._objects) - 1)
 
     @property
     def label_map(self) -> np.ndarray:
-        """All objects in one label map (object n has label n), shaped like the image array."""
+        """All objects in one uint8 label map (object n has label n), shaped like the image array."""
         vol = self.volume
         if self._label_map is None:
-            dtype = np.uint8 if len(self._objects) < 256 else np.uint16
-            lm = np.zeros(vol.shape, dtype=dtype)
-            if len(self._masks) != len(self._objects):
-                self._commit(everything=True)
-            for i, obj in enumerate(self._objects):
-                lm[self._visible_mask(i) > 0] = obj.label
+            lm = np.zeros(vol.shape, dtype=np.uint8)
+            # Painted so that the object the overlap policy favours is painted last: the oldest by default.
+            for obj in self._objects if self.overwrite else reversed(self._objects):
+                if obj.mask is not None:
+                    lm[obj.mask.slices][obj.mask.data] = obj.label
             self._label_map = lm
         return self._label_map
 
     def new_object(self) -> int:
-        """Start a new object in the same label map; returns its label."""
+        """Start a new object in the same label map; returns its label (ValueError past MAX_OBJECTS)."""
         self.volume  # noqa: B018 - raises when no image is set
+        if len(self._objects) >= MAX_OBJECTS:
+            raise ValueError(f"a session holds at most {MAX_OBJECTS} objects (labels of one uint8 label map)")
         self._snapshot()
         label = self._objects[-1].label + 1
         self._objects.append(_ObjectState(label=label))
-        self._commit(everything=True)
+        self._label_map = None
         return label
 
     def undo(self) -> np.ndarray:
@@ -566,7 +651,8 @@ class Session:
         if not self._history:
             raise ValueError("nothing to undo")
         self._objects = self._history.pop()
-        return self._commit(everything=True)
+        self._label_map = None
+        return self.mask
 
     @property
     def windows(self) -> list[tuple[Window, np.ndarray]]:
@@ -651,9 +737,7 @@ class Session:
     def _add_prompt(self, prompt: _Prompt, clicks: list[tuple[np.ndarray, int]]) -> np.ndarray:
         """Record ``prompt`` and route its SAM-family ``clicks`` (volume voxels, label 1/0) like add_click,
         predicting each touched window once."""
-        self._snapshot()
-        self.timings = Timings()
-        try:
+        with self._transaction():
             obj = self._current
             obj.prompts.append(prompt)
             touched: list[_WindowState] = []
@@ -675,10 +759,6 @@ class Session:
                 self._predict(ws)
             self._grow(obj)
             return self._commit()
-        except BaseException:  # a prompt failing half-way (model error, no memory) leaves no trace
-            self._objects = self._history.pop()
-            self._label_map = None
-            raise
 
     def add_scribble(self, voxels: np.ndarray, positive: bool = True, *, world: bool = False) -> np.ndarray:
         """Add a scribble to the current object: points (N, 3) (voxel indices, or mm RAS+ with ``world``;
@@ -735,15 +815,9 @@ class Session:
             raise ValueError(f"an initial mask must be shaped like the image {vol.shape}, got {m.shape}")
         initial = np.ascontiguousarray(m != 0)
         initial.setflags(write=False)  # shared by undo snapshots
-        self._snapshot()
-        self.timings = Timings()
-        try:
+        with self._transaction():
             self._objects[-1] = _ObjectState(label=self._current.label, initial=initial)
             return self._commit()
-        except BaseException:
-            self._objects = self._history.pop()
-            self._label_map = None
-            raise
 
     def prompt_channels(self, window: Window) -> np.ndarray:
         """The current object's prompts as dense masks in ``window`` coordinates: float32

@@ -80,7 +80,8 @@ def _numbers(rows: list[dict[str, str]]) -> list[tuple[str, ...]]:
 @pytest.fixture(scope="module")
 def cli_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     out = tmp_path_factory.mktemp("out_serial")
-    argv = ["evaluate", "--data", str(dataset), "--model", "fastsam3d_mini", "--protocol", "sam_med3d"]
+    argv = ["evaluate", "--data", str(dataset), "--model", "fastsam3d_mini", "--random-weights"]
+    argv += ["--protocol", "sam_med3d"]
     argv += ["--clicks", str(CLICKS), "-o", str(out), "--device", "cpu", "--no-progress", "--window-metrics"]
     return main(argv), out
 
@@ -127,10 +128,10 @@ def test_serial_equals_parallel(dataset: Path, tmp_path: Path):
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, runner._cores() // 2))
     try:
-        serial = evaluate(dataset, "fastsam3d_mini", "sam_med3d", CLICKS, tmp_path, **common)
+        serial = evaluate(dataset, "fastsam3d_mini", "sam_med3d", CLICKS, tmp_path, random_weights=True, **common)
     finally:
         torch.set_num_threads(threads)
-    par = evaluate(dataset, "fastsam3d_mini", "sam_med3d", CLICKS, tmp_path, workers=2, **common)
+    par = evaluate(dataset, "fastsam3d_mini", "sam_med3d", CLICKS, tmp_path, workers=2, random_weights=True, **common)
     assert len(serial.records) == 2 * CLICKS
     assert _key(par.records) == _key(serial.records)
     assert par.skipped == serial.skipped and len(par.skipped) == 1
@@ -138,7 +139,8 @@ def test_serial_equals_parallel(dataset: Path, tmp_path: Path):
 
 
 def test_cvpr25_protocol(dataset: Path, tmp_path: Path):
-    s = evaluate(dataset, "fastsam3d_mini", "cvpr25", 2, tmp_path, labels=["right"], device="cpu", progress=False)
+    kw = {"labels": ["right"], "device": "cpu", "progress": False, "random_weights": True}
+    s = evaluate(dataset, "fastsam3d_mini", "cvpr25", 2, tmp_path, **kw)
     assert s.steps == [0, 1, 2]
     rows = _rows(s.files["per_click.csv"])
     assert len(rows) == 2 * 1 * 3

@@ -357,7 +357,8 @@ def test_cli_serve_runs_uvicorn(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app, host=host, port=port))
     monkeypatch.setenv("VOLSAM_TOKEN", "envtok")
-    assert main(["serve", "--model", "fastsam3d_mini", "--data-root", str(tmp_path), "--port", "8123"]) == 0
+    argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--data-root", str(tmp_path), "--port", "8123"]
+    assert main(argv) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     with TestClient(seen["app"]) as c:
         assert c.get("/health").status_code == 401

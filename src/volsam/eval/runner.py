@@ -33,7 +33,7 @@ is reported too, as the SAM-Med3D paper measured it.
 
 Reproducibility: each (case, target) has its own ``np.random.default_rng`` seeded from ``seed`` and
 ``zlib.crc32`` of the case name, target value and name, so serial and parallel runs draw the same
-clicks. A registered model name (which carries no weights) gets random weights drawn under
+clicks. A registered model name with ``random_weights=True`` gets random weights drawn under
 ``torch.manual_seed(seed)`` in the calling process, the same in every worker.
 
 Parallel runs (``workers > 1``) evaluate cases in a spawn-context process pool; each worker builds one
@@ -155,12 +155,14 @@ def _resolve_model(
     decoder_checkpoint: str | Path | None,
     trust_checkpoint: bool,
     attention_backend: str | None = None,
+    random_weights: bool = False,
 ) -> Any:
-    """A Sam3D from a name (random weights drawn under ``torch.manual_seed(seed)``), path or instance."""
+    """A Sam3D from a name (with ``random_weights``: drawn under ``torch.manual_seed(seed)``), path or
+    instance."""
     from volsam.registry import list_models
     from volsam.session import resolve_model
 
-    if isinstance(model, str) and model in list_models():
+    if random_weights and isinstance(model, str) and model in list_models():
         from volsam.registry import build_model
 
         with torch.random.fork_rng(devices=[]):
@@ -409,13 +411,14 @@ def evaluate(
     write: bool = True,
     memory: str | Path | None = None,
     attention_backend: str | None = None,
+    random_weights: bool = False,
 ) -> Summary:
     """Run a simulated-click protocol over a dataset and write the reports (see the module docstring).
 
     Args:
         data: anything :func:`~volsam.eval.datasets.load_dataset` accepts, or a list of cases.
-        model: registered name (random weights, seeded by ``seed``), checkpoint path, built Sam3D, or
-            None for the shipped default.
+        model: checkpoint path, built Sam3D, None for the shipped default, or a registered name (the
+            default model's bundled weights; others need ``random_weights``, seeded by ``seed``).
         protocol: ``"sam_med3d"`` or ``"cvpr25"``.
         clicks: clicks per target (after the box for cvpr25), >= 1.
         out_dir: report folder (created; existing reports are replaced atomically).
@@ -433,6 +436,7 @@ def evaluate(
         write: write the report files (``Summary.files``).
         memory: Memorizing-SAM memory file attached to the model (:func:`volsam.memory.use_memory`).
         attention_backend: ``"dense"`` or ``"dilated"`` encoder attention (same weights); None: the model's.
+        random_weights: a registered name builds random weights (tests, benchmarks) instead of being refused.
 
     Raises:
         ValueError: bad protocol, clicks, workers, seed or labels; FileNotFoundError: no such dataset.
@@ -462,7 +466,13 @@ def evaluate(
     injected = session_factory is not None
     if session_factory is None:
         net = _resolve_model(
-            model, cfg.seed, None if workers > 1 else device, decoder_checkpoint, trust_checkpoint, attention_backend
+            model,
+            cfg.seed,
+            None if workers > 1 else device,
+            decoder_checkpoint,
+            trust_checkpoint,
+            attention_backend,
+            random_weights,
         )
         if memory is not None:
             from volsam.memory import use_memory
@@ -483,7 +493,7 @@ def evaluate(
     config = {
         "data": data_label,
         "model": "injected session" if injected and model is None else _model_label(model),
-        "model_weights": _weights_label(model, injected),
+        "model_weights": _weights_label(model, injected, random_weights),
         "protocol": protocol,
         "clicks": cfg.clicks,
         "seed": cfg.seed,
@@ -528,7 +538,7 @@ def evaluate(
     return summary
 
 
-def _weights_label(model: Any, injected: bool) -> str:
+def _weights_label(model: Any, injected: bool, random_weights: bool = False) -> str:
     from volsam.registry import list_models
 
     if injected:
@@ -536,7 +546,7 @@ def _weights_label(model: Any, injected: bool) -> str:
     if model is None:
         return "shipped default"
     if isinstance(model, str) and model in list_models():
-        return "random, torch.manual_seed(seed)"
+        return "random, torch.manual_seed(seed)" if random_weights else "shipped default"
     return "checkpoint" if isinstance(model, str | Path) else "given instance"
 
 

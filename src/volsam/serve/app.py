@@ -19,32 +19,35 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
   (``auto``, the default: the image's own format, DICOM-SEG for a DICOM series).
 - ``GET /sessions/{id}/overlay?order=C|F``: the label map as gzip-compressed raw bytes (``application/gzip``)
   of the (X, Y, Z) image array, C order (byte ``(i * Y + j) * Z + k`` is voxel (i, j, k)) or F order
-  (NIfTI's, i fastest); headers ``X-Shape`` (``X,Y,Z``), ``X-Dtype`` (``uint8``, or ``uint16`` past 255
-  objects) and ``X-Order``.
+  (NIfTI's, i fastest); headers ``X-Shape`` (``X,Y,Z``), ``X-Dtype`` (``uint8``: at most 255 objects) and
+  ``X-Order``.
 - ``GET /sessions/{id}/image``: the image as .nii.gz (what the viewer displays).
 - ``GET /``: the NiiVue viewer (``static/``), served without the token (it holds no data).
 - ``DELETE /sessions/{id}``.
 - nnInteractive's remote protocol (``/claim``, ``/set_image``, ``/add_*_interaction``, ...; what the 3D Slicer
   and napari nnInteractive plugins speak), on the same sessions: see :mod:`volsam.serve.nninteractive`.
 
-Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable image, or an
-.mha/.nrrd whose header names a separate data file (refused: it could point anywhere); 401
-missing/wrong bearer token; 403 path outside ``data_root`` or path-based creation without one; 404
-unknown session or file; 410 expired session; 413 upload larger than ``max_upload_mb``; 415 unsupported
-upload type; 503 every session busy when a new one is needed.
+Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable or empty image,
+an image declaring more than ``max_voxels`` voxels (refused from its header, before any voxel is read), or
+an .mha/.nrrd whose header names a separate data file (uploads: always refused, it could point anywhere;
+``{"path"}``: refused unless it resolves inside ``data_root``); 401 missing/wrong bearer token; 403 path
+outside ``data_root`` or path-based creation without one; 404 unknown session or file; 409 a session
+already holding ``MAX_OBJECTS`` (255) objects; 410 expired session; 413 upload larger than
+``max_upload_mb`` (counted while it streams in) or a JSON body over 64 KiB; 415 unsupported upload type;
+503 every session busy when a new one is needed (checked before the upload is read or decoded).
 
 Lifetime: a session idle for ``idle_timeout_s`` expires. When ``max_sessions`` are live, creating one evicts
 the least recently used session that is not running a request; clients of an expired or evicted session get
 410 ``session expired after N s idle`` (the ids of the last 4096 expired sessions are remembered; older
 ones give 404). Requests on one session are serialised by a per-session lock; different sessions run
-concurrently and share one model.
+concurrently and share one model (loaded with the first session; no session outlives its DELETE or expiry).
 """
 
 from __future__ import annotations
 
 import gzip
 import hmac
-import os
+import re
 import shutil
 import tempfile
 import threading
@@ -59,14 +62,14 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from volsam.io import ImageReadError, Volume, nifti_bytes, read_image
-from volsam.session import Session
+from volsam.io import DEFAULT_MAX_VOXELS, ImageReadError, Volume, nifti_bytes, read_image
+from volsam.session import MAX_OBJECTS, Session
 
 _OWN_FORMAT = {"nifti": "nii.gz", "nrrd": "nrrd", "mha": "mha", "mhd": "mha", "dicom": "dcm"}
 """Label-file format ``GET /sessions/{id}/labels?format=auto`` gives for each input format."""
@@ -76,6 +79,8 @@ LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
 STATIC_DIR = Path(__file__).parent / "static"
 _TOMBSTONES = 4096
 _CHUNK = 1 << 20
+#: Largest JSON (or other non-upload) request body; a click or path is ~100 bytes.
+MAX_JSON_BYTES = 64 << 10
 
 
 class PathRequest(BaseModel):
@@ -168,6 +173,13 @@ class SessionStore:
             if entry.active == 0 and now - entry.last_used >= self.idle_timeout_s:
                 self._expire(sid, now)
 
+    def check_room(self) -> None:
+        """HTTP 503 now, before an upload is read or an image decoded, when no session could be added."""
+        with self._lock:
+            self._sweep(time.monotonic())
+            if len(self._live) >= self.max_sessions and all(e.active for e in self._live.values()):
+                raise HTTPException(503, f"all {self.max_sessions} sessions are busy; retry later")
+
     def add(self, session: Session) -> str:
         """Register a session (evicting the least recently used idle one when full); returns its id."""
         sid = uuid.uuid4().hex
@@ -231,26 +243,6 @@ def _upload_suffix(filename: str) -> str:
     raise HTTPException(415, f"unsupported upload {filename!r}: expected a {', '.join(UPLOAD_SUFFIXES)} file")
 
 
-def check_self_contained(path: Path) -> None:
-    """HTTP 400 unless an .mha/.nrrd header keeps its voxels inline: a header naming a data file could make
-    the server read any file it can reach."""
-    name = path.name.lower()
-    if not name.endswith((".mha", ".nrrd")):
-        return
-    with path.open("rb") as f:
-        head = f.read(1 << 16)
-    for raw in head.split(b"\n"):
-        line = raw.strip().lower()
-        if name.endswith(".nrrd") and not line:
-            return  # end of the NRRD header
-        if name.endswith(".mha") and line.startswith(b"elementdatafile"):
-            if line.partition(b"=")[2].strip() != b"local":
-                raise HTTPException(400, "an .mha file must hold its voxels inline (ElementDataFile = LOCAL)")
-            return
-        if line.startswith((b"data file:", b"datafile:")):
-            raise HTTPException(400, "a .nrrd file must hold its voxels inline (no 'data file:' field)")
-
-
 def resolve_under(root: Path | None, relative: str) -> Path:
     """``relative`` inside ``root``, or HTTP 403 when it is absolute, has ``..`` or resolves outside."""
     if root is None:
@@ -265,25 +257,64 @@ def resolve_under(root: Path | None, relative: str) -> Path:
     if ".." in posix.parts or ".." in windows.parts:
         raise HTTPException(403, f"'..' is not allowed in paths: {relative!r}")
     base = root.resolve()
-    target = (base / posix).resolve()
-    if not target.is_relative_to(base):
-        raise HTTPException(403, f"{relative!r} resolves outside the data root")
-    if not target.exists():
-        raise HTTPException(404, f"no such file under the data root: {relative!r}")
-    if target.is_dir():  # a DICOM series folder: every entry must stay inside the root too
-        for entry in target.iterdir():
-            if not entry.resolve().is_relative_to(base):
-                raise HTTPException(403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root")
-        return target
-    if not target.is_file():
-        raise HTTPException(400, f"{relative!r} is not a file or a DICOM folder")
+    try:
+        target = (base / posix).resolve()
+        if not target.is_relative_to(base):
+            raise HTTPException(403, f"{relative!r} resolves outside the data root")
+        if not target.exists():
+            raise HTTPException(404, f"no such file under the data root: {relative!r}")
+        if target.is_dir():  # a DICOM series folder: every entry must stay inside the root too
+            for entry in target.iterdir():
+                if not entry.resolve().is_relative_to(base):
+                    raise HTTPException(403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root")
+            return target
+        if not target.is_file():
+            raise HTTPException(400, f"{relative!r} is not a file or a DICOM folder")
+    except OSError as e:  # e.g. a name longer than the file system allows (ENAMETOOLONG), a symlink loop
+        raise HTTPException(400, f"cannot open {relative[:80]!r}: {e.strerror or type(e).__name__}") from e
     _upload_suffix(target.name)
     return target
 
 
+class _BodyLimit:
+    """ASGI middleware: 413 once a request body passes its cap, counted as it streams in (a chunked upload
+    has no Content-Length to check first). Multipart uploads get ``upload_bytes`` (plus 1 MiB of part
+    headers), every other body :data:`MAX_JSON_BYTES`."""
+
+    def __init__(self, app: Any, upload_bytes: int) -> None:
+        self.app = app
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        # Multipart uploads and the nnInteractive protocol's packed arrays (octet-stream) carry images.
+        multipart = headers.get(b"content-type", b"").startswith((b"multipart/form-data", b"application/octet-stream"))
+        limit = self.upload_bytes + _CHUNK if multipart else MAX_JSON_BYTES
+        what = "upload larger than the limit" if multipart else f"request body larger than {MAX_JSON_BYTES >> 10} KiB"
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await JSONResponse({"detail": what}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, what)
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _result(session: Session, mask: Any, t0: float) -> PromptResult:
     return PromptResult(
-        voxels=int(mask.sum()),
+        voxels=int(np.count_nonzero(mask)),  # not sum(): that widens every voxel to int64 first
         latency_ms=round((time.perf_counter() - t0) * 1e3, 3),
         object=session.current_label,
         clicks=session.num_clicks,
@@ -304,6 +335,7 @@ def create_app(
     max_upload_mb: float = 512,
     session_factory: Callable[[], Session] | None = None,
     device: str | None = None,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
 ) -> FastAPI:
     """Build the FastAPI app (see the module docstring for the API).
 
@@ -313,6 +345,8 @@ def create_app(
         data_root: folder that ``{"path": ...}`` requests may read from; None disables path-based creation.
         token: when set, every API request needs ``Authorization: Bearer <token>``.
         session_factory: builds an empty Session (overrides ``model``/``device``; used by tests).
+        max_voxels: largest image a session may hold, checked against the file's header before any voxel
+            is read (:data:`volsam.io.DEFAULT_MAX_VOXELS`, 2^28: 1 GiB as float32); None: no limit.
     """
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
@@ -325,13 +359,15 @@ def create_app(
     def new_session() -> Session:
         if session_factory is not None:
             return session_factory()
+        # The model is shared, not a session: a session kept as a prototype would hold its image, masks
+        # and embeddings for the server's lifetime, after its DELETE.
         with factory_lock:
-            if "session" not in shared:
-                shared["session"] = first = Session(model, device)
+            if "model" not in shared:
+                first = Session(model, device)
+                shared["model"], shared["device"] = first.model, first.device
                 return first
-            proto: Session = shared["session"]
         onnx = isinstance(model, str | Path) and (Path(model) / "export.json").is_file()
-        return Session(model if onnx else proto.model, proto.device)
+        return Session(model if onnx else shared["model"], shared["device"])
 
     bearer = HTTPBearer(auto_error=False, description="set when the server runs with --token / VOLSAM_TOKEN")
 
@@ -348,34 +384,40 @@ def create_app(
         description=__doc__ or "",
     )
     app.state.store = store
+    app.add_middleware(_BodyLimit, upload_bytes=max_bytes)
     # The API needs the token; the viewer's page and scripts (no data in them) do not, so a browser can
     # load them and then send the token the user types with every API call.
     api = APIRouter(dependencies=[Depends(check_token)])
 
-    def open_session(path: Path) -> tuple[str, Volume]:
-        check_self_contained(path)
+    def open_session(path: Path, shown: str, data_files: Literal["refuse"] | Path) -> tuple[str, Volume]:
+        """Read ``path`` (named ``shown`` in errors) into a new session; detached data files as
+        :func:`volsam.io.read_header`'s ``data_files`` says."""
+        store.check_room()  # before decoding: a full server should not pay for the image
         try:
-            vol = read_image(path)
+            vol = read_image(path, max_voxels=max_voxels, data_files=data_files)
         except ImageReadError as e:
-            raise HTTPException(400, str(e).replace(str(path), path.name)) from e
+            raise HTTPException(400, " ".join(str(e).replace(str(path), shown).split())) from e
         session = new_session()
         session.set_image(vol)
         return store.add(session), vol
 
     def from_upload(src: Any, filename: str) -> tuple[str, Volume]:
         suffix = _upload_suffix(filename)
-        fd, tmp = tempfile.mkstemp(prefix="volsam-upload-", suffix=suffix)
+        # Saved under the user's own file name (made safe), so what the readers say names their file.
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name[: -len(suffix)])[:100].lstrip(".") or "upload"
+        tmpdir = Path(tempfile.mkdtemp(prefix="volsam-upload-"))
+        tmp = tmpdir / f"{stem}{suffix}"
         try:
-            with os.fdopen(fd, "wb") as out:
+            with tmp.open("wb") as out:
                 total = 0
                 while chunk := src.read(_CHUNK):
                     total += len(chunk)
                     if total > max_bytes:
                         raise HTTPException(413, f"upload larger than the limit of {max_upload_mb:g} MB")
                     out.write(chunk)
-            return open_session(Path(tmp))
+            return open_session(tmp, tmp.name, "refuse")
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
     upload_schema = {
         "requestBody": {
@@ -397,10 +439,8 @@ def create_app(
     async def create_session(request: Request) -> dict[str, Any]:
         """Create a session from an uploaded image (multipart field ``file``) or ``{"path"}`` under the data root."""
         ctype = request.headers.get("content-type", "")
+        store.check_room()  # before the upload streams in (and again before decoding)
         if ctype.startswith("multipart/form-data"):
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > max_bytes + _CHUNK:
-                raise HTTPException(413, f"upload larger than the limit of {max_upload_mb:g} MB")
             form = await request.form(max_files=1, max_fields=4)
             try:
                 upload = form.get("file")
@@ -415,7 +455,8 @@ def create_app(
             except ValueError as e:
                 raise HTTPException(400, f'expected JSON {{"path": "relative/path.nii.gz"}}: {e}') from e
             path = resolve_under(root, req.path)
-            sid, vol = await run_in_threadpool(open_session, path)
+            assert root is not None  # resolve_under refuses without one
+            sid, vol = await run_in_threadpool(open_session, path, req.path, root)
         else:
             raise HTTPException(415, "send multipart/form-data with a 'file', or JSON {\"path\": ...}")
         return _info(sid, vol)
@@ -480,9 +521,11 @@ def create_app(
 
     @api.post("/sessions/{sid}/objects", response_model=PromptResult)
     def new_object(sid: str) -> PromptResult:
-        """Start a new object (next label) in the same label map."""
+        """Start a new object (next label) in the same label map; 409 past ``MAX_OBJECTS`` (255) objects."""
         with prompt(sid) as s:
             t0 = time.perf_counter()
+            if s.num_objects >= MAX_OBJECTS:
+                raise HTTPException(409, f"a session holds at most {MAX_OBJECTS} objects (one uint8 label map)")
             s.new_object()
             return _result(s, s.mask, t0)
 
@@ -547,7 +590,7 @@ def create_app(
         """Create a session on volsam's bundled demo volume (a crop of the Colin27 T1, see volsam.demo)."""
         from volsam.demo import DEMO_IMAGE
 
-        sid, vol = open_session(DEMO_IMAGE)
+        sid, vol = open_session(DEMO_IMAGE, DEMO_IMAGE.name, "refuse")
         return _info(sid, vol)
 
     @api.delete("/sessions/{sid}", status_code=204, response_class=Response)
@@ -571,6 +614,7 @@ def create_app(
             new_session=new_session,
             check_token=check_token,
             max_bytes=max_bytes,
+            max_voxels=max_voxels,
             licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
         )
     )

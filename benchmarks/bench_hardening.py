@@ -1,0 +1,144 @@
+"""What hostile requests cost ``volsam serve``: time and peak RSS per request, each in a fresh process.
+
+Scenarios (each runs in its own child process, so ``ru_maxrss`` is that request's peak):
+
+- ``bomb``: a ~1 MB ``.nii.gz`` whose header declares 1024^3 uint8 voxels (1 GiB inflated), uploaded.
+- ``tiny-header``: a 68-byte NRRD header declaring 1024^3 uint8 voxels, uploaded.
+- ``padded-header``: an NRRD header padded past 64 KB with ``data file: /etc/hostname``, uploaded.
+- ``huge-header``: a 200 MB NRRD whose header never ends (comment lines), opened by ``{"path"}``.
+- ``objects``: one click, then N ``POST /objects`` on a 256^3 image (RSS after, ms per call).
+
+The server is the in-process ASGI app (``fastapi.testclient``), with the shipped model; the requests
+are real HTTP requests to it. ``--max-voxels`` is the server's default (2^28).
+
+    python -m benchmarks.bench_hardening [--only bomb,objects] [--objects 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+SCENARIOS = ("bomb", "tiny-header", "padded-header", "huge-header", "objects")
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _file(name: str, tmp: Path) -> tuple[str, bytes]:
+    import nibabel as nib
+    import numpy as np
+
+    if name == "bomb":
+        img = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), np.eye(4))
+        img.header.set_data_shape((1024, 1024, 1024))
+        gz = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing; streamed, never 1 GiB in memory
+        parts = [gz.compress(img.header.binaryblock + b"\0" * 4)]
+        zeros = b"\0" * (1 << 20)
+        parts += [gz.compress(zeros) for _ in range(1024)]
+        return "bomb.nii.gz", b"".join([*parts, gz.flush()])
+    if name == "tiny-header":
+        return "tiny.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1024 1024 1024\nencoding: raw\n\n"
+    if name == "padded-header":
+        pad = b"".join(b"# %s\n" % (b"x" * 60) for _ in range(1200))
+        fields = b"type: uint8\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n"
+        return "padded.nrrd", b"NRRD0004\n" + pad + fields + b"data file: /etc/hostname\n\n"
+    raise ValueError(name)
+
+
+def _child(name: str, objects: int) -> dict:
+    from fastapi.testclient import TestClient
+
+    from volsam.serve import create_app
+
+    tmp = Path(tempfile.mkdtemp())
+    app = create_app(None, data_root=tmp, device="cpu")
+    with TestClient(app) as c:
+        if name == "objects":
+            import nibabel as nib
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            img = rng.normal(0, 1, (256, 256, 256)).astype(np.float32)
+            img[100:150, 100:150, 100:150] += 5
+            nib.save(nib.Nifti1Image(img, np.eye(4)), tmp / "big.nii.gz")
+            sid = c.post("/sessions", json={"path": "big.nii.gz"}).json()["id"]
+            c.post(f"/sessions/{sid}/clicks", json={"point": [125, 125, 125]})
+            before = _rss_mb()
+            codes: dict[int, int] = {}
+            t0 = time.perf_counter()
+            for _ in range(objects):
+                code = c.post(f"/sessions/{sid}/objects").status_code
+                codes[code] = codes.get(code, 0) + 1
+            ms = (time.perf_counter() - t0) * 1e3 / objects
+            assert c.get(f"/sessions/{sid}/labels", params={"format": "nrrd"}).status_code == 200
+            return {
+                "scenario": name,
+                "calls": objects,
+                "status": codes,
+                "rss_before_mb": round(before, 1),
+                "rss_after_mb": round(_rss_mb(), 1),
+                "peak_mb": round(_peak_mb(), 1),
+                "ms_per_call": round(ms, 2),
+            }
+        if name == "huge-header":
+            with (tmp / "huge.nrrd").open("wb") as f:
+                f.write(b"NRRD0004\n")
+                line = b"# " + b"x" * 1000 + b"\n"
+                for _ in range(200 * 1024):
+                    f.write(line)
+            base, t0 = _peak_mb(), time.perf_counter()
+            r = c.post("/sessions", json={"path": "huge.nrrd"})
+        else:
+            filename, data = _file(name, tmp)
+            base, t0 = _peak_mb(), time.perf_counter()
+            r = c.post("/sessions", files={"file": (filename, io.BytesIO(data), "application/octet-stream")})
+        seconds = time.perf_counter() - t0
+        return {
+            "scenario": name,
+            "status": r.status_code,
+            "seconds": round(seconds, 3),
+            "peak_before_mb": round(base, 1),
+            "peak_mb": round(_peak_mb(), 1),
+            "detail": r.json().get("detail", "")[:160],
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    ap.add_argument("--objects", type=int, default=300, help="POST /objects calls of the objects scenario")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.child, args.objects)))
+        return 0
+    for name in args.only.split(","):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.bench_hardening", "--child", name, "--objects", str(args.objects)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(out.stdout.strip() or f'{{"scenario": "{name}", "error": {json.dumps(out.stderr[-400:])}}}')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
