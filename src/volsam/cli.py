@@ -228,10 +228,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from volsam.eval.runner import evaluate
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    protocol = args.protocol
+    if protocol is None:  # challenge cases are scored by the challenge's protocol unless told otherwise
+        from volsam.challenge import is_challenge_folder
+
+        protocol = "cvpr25" if is_challenge_folder(args.data) else "sam_med3d"
     summary = evaluate(
         args.data,
         args.model,
-        args.protocol,
+        protocol,
         args.clicks,
         args.output,
         labels=labels,
@@ -251,6 +256,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"volsam: skipped {case}: {why}", file=sys.stderr)
     print(f"volsam: wrote {', '.join(summary.files)} to {args.output}", file=sys.stderr)
     return 1 if summary.skipped else 0
+
+
+def _cmd_challenge_predict(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was predicted, 1 when any failed (named on stderr)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from volsam.challenge import challenge_predict
+    from volsam.session import Session
+
+    def factory() -> Session:
+        return Session(
+            args.model,
+            args.device or "cpu",
+            decoder_checkpoint=args.decoder_checkpoint,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+
+    files = sorted(Path(args.input).glob("*.npz")) if Path(args.input).is_dir() else []
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=_err, disable=args.no_progress,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("challenge-predict", total=len(files))
+        results = challenge_predict(args.input, args.output, factory, on_case=lambda r: bar.advance(task))
+    for r in results:
+        if r.error:
+            print(f"volsam: failed {r.name}: {r.error}", file=sys.stderr)
+        else:
+            slow = " (over the challenge's 90 s per class)" if r.over_budget else ""
+            print(f"{r.name}: {r.classes} class(es), {r.seconds:.1f} s{slow}", file=sys.stderr)
+    failed = sum(1 for r in results if r.error)
+    print(f"volsam: wrote {len(results) - failed} of {len(results)} case(s) to {args.output}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -418,8 +457,17 @@ def build_parser() -> argparse.ArgumentParser:
         "table. Exit status: 0 when every case was evaluated, 1 when a case was skipped (unreadable, grid "
         "mismatch, no foreground; reasons in summary.json), 2 for usage errors.",
     )
-    p.add_argument("--data", required=True, help="nnU-Net raw folder, images/+labels/ folder, CSV, or colin27-aal")
-    p.add_argument("--protocol", choices=("sam_med3d", "cvpr25"), default="sam_med3d", help="default: sam_med3d")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="nnU-Net raw folder, images/+labels/ folder, CSV, colin27-aal, or a folder of CVPR 2025 challenge .npz",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("sam_med3d", "cvpr25"),
+        default=None,
+        help="default: cvpr25 for a folder of CVPR 2025 challenge .npz cases, else sam_med3d",
+    )
     p.add_argument("--clicks", type=int, default=5, help="clicks per target (after the box for cvpr25; default 5)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
     p.add_argument("--labels", help="comma-separated target names or values (default: all)")
@@ -432,6 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
     _add_encoder_attention_arg(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "challenge-predict",
+        help="CVPR 2025 interactive 3D challenge inference: inputs/*.npz -> outputs/*.npz with 'segs'",
+        description="Reads each case's imgs, spacing, boxes, clicks, clicks_order and prev_pred and writes "
+        "segs (uint8, class i = the i-th prompt entry) under the same file name; see the README's challenge "
+        "section. Exit status: 0 all written, 1 a case failed (the others are still written), 2 usage errors.",
+    )
+    p.add_argument("--input", required=True, metavar="DIR", help="folder of challenge .npz cases")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_args(p, device=False)
+    p.add_argument("--device", default=None, help="torch device (default: cpu, as the challenge's CPU runs)")
+    p.set_defaults(func=_cmd_challenge_predict)
 
     p = sub.add_parser(
         "export",
