@@ -229,3 +229,37 @@ def test_evaluate_reads_challenge_cases_uses_their_boxes_and_skips_a_missing_box
         assert step0[("no_box", value)]["click_kind"] == "none"  # skipped, scored 0, as the challenge does
         assert float(step0[("no_box", value)]["dice"]) == 0.0
     assert "challenge (per case)" in (out / "summary.md").read_text()
+
+
+def test_predict_sh_runs_the_contract_in_a_workspace(tmp_path):
+    """docker/challenge/predict.sh as the evaluator calls it (`sh predict.sh`), with /workspace moved to tmp."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ws = tmp_path / "workspace"
+    (ws / "inputs").mkdir(parents=True)
+    (ws / "outputs").mkdir()
+    _write_case(ws / "inputs" / "case_b.npz", gts=False)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    py = shim / "python3"  # the image's python3; here this interpreter (a wrapper keeps its virtualenv)
+    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(root / "src"),
+        "VOLSAM_WORKSPACE": str(ws),
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("VOLSAM_MODEL", None)
+    proc = subprocess.run(
+        ["sh", str(root / "docker" / "challenge" / "predict.sh")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    with np.load(ws / "outputs" / "case_b.npz") as z:
+        assert z["segs"].shape == SHAPE and z["segs"].dtype == np.uint8
+        assert set(np.unique(z["segs"])) == {0, 1, 2}  # both boxed classes segmented
