@@ -175,6 +175,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from volsam.session import Session
 
     clicks = getattr(args, "clicks", None) or []
+    if args.prompts is not None:
+        if args.image is not None or clicks or args.box is not None:
+            raise ValueError("--prompts takes the images and prompts from the file; give no image, --point or --box")
+        return _segment_batch(args)
+    if args.image is None:
+        raise ValueError("give an image (or --prompts FILE for a batch)")
     if not clicks and args.box is None:
         raise ValueError("give at least one --point i,j,k (or --box)")
     t0 = time.perf_counter()
@@ -213,6 +219,50 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     spacing = np.prod(vol.spacing)
     _err.print(f"wrote {path}: {int(mask.sum())} voxels, {mask.sum() * spacing / 1000:.1f} mL")
     return 0
+
+
+def _segment_batch(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was written, 1 when any failed (each failure named)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from volsam.batch import read_prompts, run_batch
+    from volsam.session import Session
+
+    cases = read_prompts(args.prompts)  # a bad file fails here, before the model loads
+    session = Session(
+        args.model,
+        args.device,
+        clip=tuple(args.clip) if args.clip else None,
+        decoder_checkpoint=args.decoder_checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+        precision=args.precision,
+        attention=args.attention,
+        compile=args.compile,
+        memory=args.memory,
+        attention_backend=args.encoder_attention,
+    )
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=_err, disable=args.no_progress,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("segment", total=len(cases))
+        results = run_batch(cases, session, output_dir=args.output, on_case=lambda r: bar.advance(task))
+    table = Table(title=f"volsam segment --prompts {args.prompts}", title_justify="left")
+    for col in ("image", "status", "objects (label: voxels)", "s", "output"):
+        table.add_column(col, justify="right" if col == "s" else "left", overflow="fold")
+    for r in results:
+        objects = ", ".join(f"{k}: {v}" for k, v in r.voxels.items())
+        status = "[red]failed[/]" if r.error else "ok"
+        table.add_row(r.image.name, status, objects, f"{r.seconds:.1f}", str(r.output or ""))
+    _err.print(table)
+    for r in results:
+        if r.error:
+            print(f"volsam: failed {r.image}: {r.error}", file=sys.stderr)
+    failed = sum(1 for r in results if r.error)
+    print(f"volsam: {len(results) - failed} of {len(results)} image(s) written, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _report(what: str, session) -> None:
@@ -438,13 +488,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Clicks are voxel indices i,j,k of the image array (nibabel order for NIfTI, ITK index "
         "order otherwise), or world points in mm RAS+ with --world. They are applied in the order given.",
     )
-    p.add_argument("image", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
+    p.add_argument("image", nargs="?", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="batch: a JSON or CSV file of images with their objects' clicks/boxes (see volsam.batch); "
+        "-o is then an output folder. Exit 1 when any image failed",
+    )
+    p.add_argument("--no-progress", action="store_true", help="batch: no progress bar")
     p.add_argument("--point", type=_point, action=_Click, const=True, metavar="I,J,K", help="positive click")
     p.add_argument("--negative", type=_point, action=_Click, const=False, metavar="I,J,K", help="negative click")
     p.add_argument("--box", type=_box, metavar="I0,J0,K0,I1,J1,K1", help="3D box (two opposite corners)")
     p.add_argument("--world", action="store_true", help="points are world coordinates in mm (RAS+)")
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
-    p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")
+    p.add_argument(
+        "-o", "--output", help="output mask (default: beside the input, in its format); with --prompts a folder"
+    )
     _add_model_args(p)
     _add_runtime_args(p)
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
