@@ -49,10 +49,13 @@ class _Click(argparse.Action):
 def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, device: bool = True) -> None:
     """--model (+ --decoder-checkpoint, --trust-checkpoint and, unless ``device=False``, --device)."""
     if required:
-        p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+        p.add_argument("--model", required=True, help="registered model, official weights name or checkpoint path")
     else:
         p.add_argument(
-            "--model", default=None, help="registered model name or checkpoint path (default: shipped model)"
+            "--model",
+            default=None,
+            help="registered model, official weights name (volsam weights list) or checkpoint path "
+            "(default: shipped model)",
         )
     p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
@@ -152,7 +155,7 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
         args.name, progress=not args.no_progress, verify=not args.no_verify, trust_checkpoint=args.trust_checkpoint
     )
     checked = {"volsam": "matches volsam's record", "hub": "matches the hub's LFS ETag"}.get(
-        r.sha256_checked_against or "", "no digest recorded to compare with"
+        r.sha256_checked_against or "", "no digest recorded to compare with" if r.architecture else "not checked"
     )
     print(f"volsam: sha256 {r.sha256} ({checked})", file=sys.stderr)
     if r.architecture:
