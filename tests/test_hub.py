@@ -240,3 +240,11 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "xdg" / "volsam"
     monkeypatch.setenv("VOLSAM_CACHE", str(tmp_path / "v"))
     assert hub.cache_dir() == tmp_path / "v"
+
+
+def test_cli_fetch_prints_the_path_and_what_was_verified(server, monkeypatch, capsys):
+    _entry(monkeypatch, name="mini_hf", repo_id="org/mini", filename="mini.pth")
+    assert main(["weights", "fetch", "mini_hf", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(hub.cached_path("mini_hf"))
+    assert "matches the hub's LFS ETag" in err and "loads strictly as sam_med3d_mini" in err
