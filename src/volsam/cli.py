@@ -49,10 +49,13 @@ class _Click(argparse.Action):
 def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, device: bool = True) -> None:
     """--model (+ --decoder-checkpoint, --trust-checkpoint and, unless ``device=False``, --device)."""
     if required:
-        p.add_argument("--model", required=True, help="registered model name or checkpoint path")
+        p.add_argument("--model", required=True, help="registered model, official weights name or checkpoint path")
     else:
         p.add_argument(
-            "--model", default=None, help="registered model name or checkpoint path (default: shipped model)"
+            "--model",
+            default=None,
+            help="registered model, official weights name (volsam weights list) or checkpoint path "
+            "(default: shipped model)",
         )
     p.add_argument("--decoder-checkpoint", default=None, help="prompt encoder + decoder for an encoder-only file")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a checkpoint you trust")
@@ -124,6 +127,62 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights_list(args: argparse.Namespace) -> int:
+    from volsam.hub import cached_path, list_weights
+
+    rows = []
+    for w in list_weights():
+        where = cached_path(w.name)
+        rows.append(
+            {
+                "name": w.name,
+                "architecture": w.architecture,
+                "size": w.size,
+                "licence": w.licence,
+                "url": w.download_url(),
+                "source": w.source,
+                "sha256": w.sha256,
+                "fetched": str(where) if where else None,
+                "manual": w.manual,
+                "note": w.note,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':30s} {'architecture':12s} {'size':8s} {'fetched':8s} licence")
+    for r in rows:
+        fetched = "yes" if r["fetched"] else ("manual" if r["manual"] else "no")
+        print(f"{r['name']:30s} {r['architecture']:12s} {r['size'] or '?':8s} {fetched:8s} {r['licence']}")
+        print(f"{'':30s} {r['url']}")
+        if r["note"]:
+            print(f"{'':30s} note: {r['note']}")
+    return 0
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from volsam.hub import fetch
+
+    r = fetch(
+        args.name, progress=not args.no_progress, verify=not args.no_verify, trust_checkpoint=args.trust_checkpoint
+    )
+    checked = {"volsam": "matches volsam's record", "hub": "matches the hub's LFS ETag"}.get(
+        r.sha256_checked_against or "", "no digest recorded to compare with" if r.architecture else "not checked"
+    )
+    print(f"volsam: sha256 {r.sha256} ({checked})", file=sys.stderr)
+    if r.architecture:
+        print(f"volsam: loads strictly as {r.architecture}", file=sys.stderr)
+    print(r.path)
+    return 0
+
+
+def _cmd_weights_path(args: argparse.Namespace) -> int:
+    from volsam.hub import weights_path
+
+    print(weights_path(args.name))
+    return 0
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -131,6 +190,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from volsam.session import Session
 
     clicks = getattr(args, "clicks", None) or []
+    if args.prompts is not None:
+        if args.image is not None or clicks or args.box is not None:
+            raise ValueError("--prompts takes the images and prompts from the file; give no image, --point or --box")
+        return _segment_batch(args)
+    if args.image is None:
+        raise ValueError("give an image (or --prompts FILE for a batch)")
     if not clicks and args.box is None:
         raise ValueError("give at least one --point i,j,k (or --box)")
     # Everything that can be checked without the model is checked before it loads (seconds to minutes).
@@ -184,6 +249,50 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_batch(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was written, 1 when any failed (each failure named)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from volsam.batch import read_prompts, run_batch
+    from volsam.session import Session
+
+    cases = read_prompts(args.prompts)  # a bad file fails here, before the model loads
+    session = Session(
+        args.model,
+        args.device,
+        clip=tuple(args.clip) if args.clip else None,
+        decoder_checkpoint=args.decoder_checkpoint,
+        trust_checkpoint=args.trust_checkpoint,
+        precision=args.precision,
+        attention=args.attention,
+        compile=args.compile,
+        memory=args.memory,
+        attention_backend=args.encoder_attention,
+    )
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=_err, disable=args.no_progress,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("segment", total=len(cases))
+        results = run_batch(cases, session, output_dir=args.output, on_case=lambda r: bar.advance(task))
+    table = Table(title=f"volsam segment --prompts {args.prompts}", title_justify="left")
+    for col in ("image", "status", "objects (label: voxels)", "s", "output"):
+        table.add_column(col, justify="right" if col == "s" else "left", overflow="fold")
+    for r in results:
+        objects = ", ".join(f"{k}: {v}" for k, v in r.voxels.items())
+        status = "[red]failed[/]" if r.error else "ok"
+        table.add_row(r.image.name, status, objects, f"{r.seconds:.1f}", str(r.output or ""))
+    _err.print(table)
+    for r in results:
+        if r.error:
+            print(f"volsam: failed {r.image}: {r.error}", file=sys.stderr)
+    failed = sum(1 for r in results if r.error)
+    print(f"volsam: {len(results) - failed} of {len(results)} image(s) written, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _report(what: str, session) -> None:
     t = session.timings
     _err.print(
@@ -197,10 +306,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from volsam.eval.runner import evaluate
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    protocol = args.protocol
+    if protocol is None:  # challenge cases are scored by the challenge's protocol unless told otherwise
+        from volsam.challenge import is_challenge_folder
+
+        protocol = "cvpr25" if is_challenge_folder(args.data) else "sam_med3d"
     summary = evaluate(
         args.data,
         args.model,
-        args.protocol,
+        protocol,
         args.clicks,
         args.output,
         labels=labels,
@@ -221,6 +335,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"volsam: skipped {case}: {why}", file=sys.stderr)
     print(f"volsam: wrote {', '.join(summary.files)} to {args.output}", file=sys.stderr)
     return 1 if summary.skipped else 0
+
+
+def _cmd_challenge_predict(args: argparse.Namespace) -> int:
+    """Exit 0 when every case was predicted, 1 when any failed (named on stderr)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from volsam.challenge import challenge_predict
+    from volsam.session import Session
+
+    def factory() -> Session:
+        return Session(
+            args.model,
+            args.device or "cpu",
+            decoder_checkpoint=args.decoder_checkpoint,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+
+    files = sorted(Path(args.input).glob("*.npz")) if Path(args.input).is_dir() else []
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=_err, disable=args.no_progress,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("challenge-predict", total=len(files))
+        results = challenge_predict(args.input, args.output, factory, on_case=lambda r: bar.advance(task))
+    for r in results:
+        if r.error:
+            print(f"volsam: failed {r.name}: {r.error}", file=sys.stderr)
+        else:
+            slow = " (over the challenge's 90 s per class)" if r.over_budget else ""
+            print(f"{r.name}: {r.classes} class(es), {r.seconds:.1f} s{slow}", file=sys.stderr)
+    failed = sum(1 for r in results if r.error)
+    print(f"volsam: wrote {len(results) - failed} of {len(results)} case(s) to {args.output}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -393,12 +541,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser(
+        "weights",
+        help="official checkpoints by name: list, fetch into the cache, path",
+        description="Fetched weights are used by name: --model sam_med3d_turbo, Session('sam_med3d_turbo'). "
+        "Cache: the Hugging Face cache (HF_HOME) for hub files, else $VOLSAM_CACHE or $XDG_CACHE_HOME/volsam.",
+    )
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    p = wsub.add_parser("list", help="every official checkpoint: architecture, size, licence, source, fetched?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_weights_list)
+    p = wsub.add_parser("fetch", help="download (resumable) and verify by a strict load and the sha256")
+    p.add_argument("name")
+    p.add_argument("--no-verify", action="store_true", help="skip the strict load and digest check")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling of a file you trust")
+    p.set_defaults(func=_cmd_weights_fetch)
+    p = wsub.add_parser("path", help="print the cached file of fetched weights (error if not fetched)")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_weights_path)
+
+    p = sub.add_parser(
         "segment",
         help="segment an image from clicks",
         description="Clicks are voxel indices i,j,k of the image array (nibabel order for NIfTI, ITK index "
         "order otherwise), or world points in mm RAS+ with --world. They are applied in the order given.",
     )
-    p.add_argument("image", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
+    p.add_argument("image", nargs="?", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
+    p.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="batch: a JSON or CSV file of images with their objects' clicks/boxes (see volsam.batch); "
+        "-o is then an output folder. Exit 1 when any image failed",
+    )
+    p.add_argument("--no-progress", action="store_true", help="batch: no progress bar")
     p.add_argument("--point", type=_point, action=_Click, const=True, metavar="I,J,K", help="positive click")
     p.add_argument("--negative", type=_point, action=_Click, const=False, metavar="I,J,K", help="negative click")
     p.add_argument(
@@ -407,7 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", metavar="MASK", help="existing mask on the image grid to refine (non-zero = object)")
     p.add_argument("--world", action="store_true", help="points are world coordinates in mm (RAS+)")
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
-    p.add_argument("-o", "--output", help="output mask (default: beside the input, in its format)")
+    p.add_argument(
+        "-o", "--output", help="output mask (default: beside the input, in its format); with --prompts a folder"
+    )
     _add_model_args(p)
     _add_runtime_args(p)
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
@@ -420,8 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
         "table. Exit status: 0 when every case was evaluated, 1 when a case was skipped (unreadable, grid "
         "mismatch, no foreground; reasons in summary.json), 2 for usage errors.",
     )
-    p.add_argument("--data", required=True, help="nnU-Net raw folder, images/+labels/ folder, CSV, or colin27-aal")
-    p.add_argument("--protocol", choices=("sam_med3d", "cvpr25"), default="sam_med3d", help="default: sam_med3d")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="nnU-Net raw folder, images/+labels/ folder, CSV, colin27-aal, or a folder of CVPR 2025 challenge .npz",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("sam_med3d", "cvpr25"),
+        default=None,
+        help="default: cvpr25 for a folder of CVPR 2025 challenge .npz cases, else sam_med3d",
+    )
     p.add_argument("--clicks", type=int, default=5, help="clicks per target (after the box for cvpr25; default 5)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder")
     p.add_argument("--labels", help="comma-separated target names or values (default: all)")
@@ -434,6 +620,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
     _add_encoder_attention_arg(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "challenge-predict",
+        help="CVPR 2025 interactive 3D challenge inference: inputs/*.npz -> outputs/*.npz with 'segs'",
+        description="Reads each case's imgs, spacing, boxes, clicks, clicks_order and prev_pred and writes "
+        "segs (uint8, class i = the i-th prompt entry) under the same file name; see the README's challenge "
+        "section. Exit status: 0 all written, 1 a case failed (the others are still written), 2 usage errors.",
+    )
+    p.add_argument("--input", required=True, metavar="DIR", help="folder of challenge .npz cases")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_args(p, device=False)
+    p.add_argument("--device", default=None, help="torch device (default: cpu, as the challenge's CPU runs)")
+    p.set_defaults(func=_cmd_challenge_predict)
 
     p = sub.add_parser(
         "export",

@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from volsam.hub import is_official, list_weights, weights_info, weights_path
 from volsam.io import Volume, read_image, volume_from_array, write_mask
 from volsam.modeling import PromptableModel
 from volsam.registry import DEFAULT_MODEL, build_model, list_models, load_checkpoint
@@ -135,7 +136,8 @@ def resolve_model(
     attention_backend: str | None = None,
     random_weights: bool = False,
 ) -> PromptableModel:
-    """A model from a registered name, a checkpoint path, an ONNX export folder (``volsam export``, run
+    """A model from a registered name, official weights by name (:mod:`volsam.hub`, once fetched), a
+    checkpoint path, an ONNX export folder (``volsam export``, run
     by onnxruntime on the CPU), an instance, or None (the shipped default).
 
     A registered name carries no weights: only the default model's resolves (to its bundled weights);
@@ -163,10 +165,17 @@ def resolve_model(
         net = build_model(DEFAULT_MODEL, path)
     elif isinstance(model, str) and model in list_models():
         net = _named_model(model, random_weights)
+    elif isinstance(model, str) and is_official(model):
+        # Official weights by name (`volsam weights list`): the fetched file, or a one-line "fetch it" error.
+        net = build_model(weights_info(model).architecture, weights_path(model), trust_checkpoint=trust_checkpoint)
     else:
         path = Path(model)
         if not path.exists():
-            raise ValueError(f"model must be one of {', '.join(list_models())} or a checkpoint file; got {model}")
+            official = ", ".join(w.name for w in list_weights())
+            raise ValueError(
+                f"model must be one of {', '.join(list_models())}, official weights ({official}) "
+                f"or a checkpoint file; got {model}"
+            )
         net = load_checkpoint(path, decoder_checkpoint=decoder_checkpoint, trust_checkpoint=trust_checkpoint)
     if attention_backend is not None:
         net.set_attention_backend(attention_backend)

@@ -9,7 +9,10 @@
   or ``images/NAME_0000.ext``;
 - a CSV file with header ``image,label`` (optional ``name`` column); relative paths are resolved against
   the CSV's folder;
-- a built-in name from :data:`BUILTIN_DATASETS` (``"colin27-aal"``).
+- a built-in name from :data:`BUILTIN_DATASETS` (``"colin27-aal"``);
+- a folder of CVPR 2025 challenge cases ``NAME.npz`` (``imgs``, ``spacing``, ``gts``, optional ``boxes``:
+  :mod:`volsam.challenge`): image, label and boxes in one file, so ``Case.image`` and ``Case.label`` are
+  the same ``.npz``.
 
 Targets. A :class:`Target` is one binary object: by default the voxels of the case's label file equal
 to ``value``; it may carry its own label source (``label_path``), a threshold instead of equality and a
@@ -197,8 +200,21 @@ def validate_case(case: Case) -> str | None:
 
     Checks that the image and every label source are readable 3D volumes on the same grid (shape equal,
     affines equal within 1e-3 mm) and that at least one target has foreground (for a lazy case: the label
-    has a non-zero voxel). Reads the label data.
+    has a non-zero voxel). Reads the label data. A challenge ``.npz`` is checked by
+    :func:`volsam.challenge.read_case` and must hold ``gts``.
     """
+    if case.image.name.endswith(".npz"):
+        from volsam.challenge import eval_inputs
+
+        try:
+            _, label, _ = eval_inputs(case.image)
+        except (OSError, ValueError) as e:
+            return f"unreadable: {' '.join(str(e).split())}"
+        if not case.targets:
+            return None if label.any() else "label has no foreground"
+        if any(load_target_mask(case, t, label).any() for t in case.targets):
+            return None
+        return f"none of the targets ({', '.join(t.name for t in case.targets)}) has foreground"
     try:
         shape, affine = _grid(case.image)
     except Exception as e:
@@ -438,10 +454,13 @@ def load_dataset(spec: str | Path, labels: Sequence[str | int] | None = None) ->
         cases = _load_nnunet(path, labels)
     elif (path / "images").is_dir() and (path / "labels").is_dir():
         cases = _load_folder(path, labels)
+    elif any(p.name.endswith(".npz") for p in path.iterdir()):
+        targets = _select_nameless(labels, f"challenge folder {path.name}")
+        cases = [Case(p.name[: -len(".npz")], p, p, targets) for p in sorted(path.glob("*.npz")) if p.is_file()]
     else:
         raise ValueError(
             f"{path}: not a dataset folder; expected an nnU-Net raw folder (imagesTr/, labelsTr/, "
-            "dataset.json) or images/ + labels/ subfolders"
+            "dataset.json), images/ + labels/ subfolders, or CVPR 2025 challenge cases (*.npz)"
         )
     if not cases:
         raise ValueError(f"{path}: no label files found")

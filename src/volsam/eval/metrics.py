@@ -36,6 +36,7 @@ __all__ = [
     "StepMetrics",
     "auc",
     "case_metrics",
+    "cvpr25_case_scores",
     "cvpr25_nsd",
     "cvpr25_summary",
     "dice",
@@ -205,6 +206,29 @@ def cvpr25_summary(dscs: Sequence[float], nsds: Sequence[float], n_clicks: int =
         "DSC_Final": float(dscs[-1]),
         "NSD_Final": float(nsds[-1]),
     }
+
+
+def cvpr25_case_scores(
+    dscs: Sequence[Sequence[float]], nsds: Sequence[Sequence[float]], n_clicks: int = 5
+) -> dict[str, float]:
+    """The challenge's per-case scores from per-class, per-step DSC and NSD (``CVPR25_iter_eval.py``).
+
+    Args:
+        dscs, nsds: ``[class][step]`` values, every class with the same steps (box step first when there
+            is one). Per step, the case's DSC is the mean over classes and its NSD the mean over classes
+            when that mean DSC > 0.2, else 0.
+        n_clicks: click steps the AUCs cover (the last ``n_clicks``).
+
+    Returns:
+        ``{"DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final"}`` (:func:`cvpr25_summary` of the case curves).
+    """
+    d = np.asarray(dscs, dtype=np.float64)
+    n = np.asarray(nsds, dtype=np.float64)
+    if d.ndim != 2 or d.shape != n.shape or d.shape[0] == 0:
+        raise ValueError(f"dscs and nsds must be equal [class][step] tables, got shapes {d.shape} and {n.shape}")
+    case_d = d.mean(axis=0)
+    case_n = np.where(case_d > CVPR25_DSC_THRESHOLD, n.mean(axis=0), 0.0)
+    return cvpr25_summary(case_d.tolist(), case_n.tolist(), n_clicks)
 
 
 @dataclass(frozen=True)

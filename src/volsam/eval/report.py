@@ -355,6 +355,13 @@ def markdown(summary: Summary) -> str:
             ]
             for name, agg in [*summary.per_target.items(), ("**all**", summary.overall)]:
                 lines.append(f"| {name} | {agg['n']} | " + " | ".join(_fmt(agg["cvpr25"][k]) for k in keys) + " |")
+            by_case = summary.overall.get("cvpr25_cases")
+            if by_case:
+                lines.append(
+                    f"| **challenge (per case)** | {by_case['n_cases']} | "
+                    + " | ".join(_fmt(by_case[k]) for k in keys)
+                    + " |"
+                )
     else:
         lines.append("No target was evaluated.")
     if summary.skipped:

@@ -18,6 +18,14 @@ Protocols (``N = clicks``):
     challenge's ``surface-distance`` code, set to 0 when DSC <= 0.2), HD95; per target DSC_AUC and
     NSD_AUC over the N click steps and the final DSC/NSD (:func:`~volsam.eval.metrics.cvpr25_summary`).
 
+Challenge cases (a folder of CVPR 2025 ``.npz`` files, :mod:`volsam.challenge`): the box of step 0 is the
+one in the file, not a drawn one; a file without ``boxes`` skips the box step (scored 0, kind ``"none"``)
+as the challenge does. ``Summary.cases[i]["cvpr25"]`` and ``overall["cvpr25_cases"]`` give the challenge's
+own per-case scores: per step, DSC averaged over the case's classes, NSD averaged when that mean DSC > 0.2
+(:func:`~volsam.eval.metrics.cvpr25_case_scores`). Two differences remain: each class is segmented as its
+own binary object (the challenge scores one multi-class label map, where classes compete for voxels), and
+a class whose own DSC <= 0.2 enters the NSD mean as 0 (its NSD is not computed).
+
 Early stop: when a simulator returns None (the prediction equals the target: nothing to correct), the
 remaining steps repeat the last metrics with click kind ``"none"``, so every target has the same steps.
 
@@ -65,6 +73,7 @@ from volsam.eval.metrics import (
     CVPR25_DSC_THRESHOLD,
     CVPR25_NSD_TOLERANCE_MM,
     case_metrics,
+    cvpr25_case_scores,
     cvpr25_nsd,
     cvpr25_summary,
     dice,
@@ -230,8 +239,13 @@ def _run_target(
     case: str,
     target: Target,
     cfg: _Config,
+    box: tuple[tuple[int, int, int], tuple[int, int, int]] | str = "simulate",
 ) -> tuple[list[StepRecord], np.ndarray]:
-    """Prompt one target through every step; returns the records and the final prediction (uint8)."""
+    """Prompt one target through every step; returns the records and the final prediction (uint8).
+
+    ``box`` (cvpr25): ``"simulate"`` draws the challenge box from the target; inclusive corners ``(lo, hi)``
+    are a box given by the case file; ``"skip"`` is a case file without boxes: as in the challenge, the box
+    step scores 0 (kind ``"none"``) and the clicks start from an empty prediction."""
     session.reset()
     rng = target_rng(cfg.seed, case, target)
     spacing = vol.spacing
@@ -240,12 +254,22 @@ def _run_target(
     records: list[StepRecord] = []
     window_gt: tuple[Window, np.ndarray] | None = None
     for step in steps:
+        if cfg.protocol == "cvpr25" and step == 0 and box == "skip":
+            wd0 = math.nan if cfg.window_metrics else None
+            records.append(
+                StepRecord(case, target.value, target.name, 0, "none", (), 0.0, 0.0, math.inf, 0.0, 0.0, wd0)
+            )
+            continue
         if cfg.protocol == "cvpr25" and step == 0:
-            box = cvpr25_box(gt, rng)
-            assert box is not None  # gt has foreground
-            kind, voxel = "box", (*box.lo, *box.hi)
+            if isinstance(box, str):
+                drawn = cvpr25_box(gt, rng)
+                assert drawn is not None  # gt has foreground
+                lo, hi = drawn.lo, drawn.hi
+            else:
+                lo, hi = box
+            kind, voxel = "box", (*lo, *hi)
             t0 = time.perf_counter()
-            pred = session.add_box(tuple(float(x) for x in box.lo), tuple(float(x) for x in box.hi))
+            pred = session.add_box(tuple(float(x) for x in lo), tuple(float(x) for x in hi))
         else:
             if cfg.protocol == "sam_med3d":
                 click = first_click(gt, rng, "random") if step == 1 else simulate_click("random", pred, gt, rng)
@@ -290,10 +314,17 @@ def _run_case(
     t_case = time.perf_counter()
     out = CaseResult(index, case.name)
     reason = validate_case(case)
+    boxes: dict[int, Any] | None = None  # boxes given by a challenge case file, by label value
     if reason is None:
         try:
-            vol = read_image(case.image)
-            label = read_image(case.label, dtype=None).array
+            if _is_challenge_case(case):
+                from volsam.challenge import eval_inputs
+
+                vol, label, boxes = eval_inputs(case.image)
+                boxes = boxes if boxes is not None else {}  # {}: the file has no boxes
+            else:
+                vol = read_image(case.image)
+                label = read_image(case.label, dtype=None).array
             targets = resolve_targets(case, label)
         except (OSError, ValueError) as e:
             reason = f"unreadable: {' '.join(str(e).split())}"
@@ -307,7 +338,8 @@ def _run_case(
             out.absent.append(target.name)
             continue
         gt = np.ascontiguousarray(gt, dtype=bool)
-        records, pred = _run_target(session, vol, gt, case.name, target, cfg)
+        box = "simulate" if boxes is None else boxes.get(target.value, "skip")
+        records, pred = _run_target(session, vol, gt, case.name, target, cfg, box)
         out.encode_ms += sum(r.encode_ms for r in records)
         view = target_view(case.name, target.name, vol, gt, pred, records[-1].dice)
         out.targets.append(TargetResult(index, ti, case.name, target, records, view))
@@ -315,6 +347,20 @@ def _run_case(
             tick(1.0 / len(targets))
     out.seconds = time.perf_counter() - t_case
     return out
+
+
+def _is_challenge_case(case: Case) -> bool:
+    """A CVPR 2025 challenge ``.npz`` (image, label and boxes in one file; :mod:`volsam.challenge`)."""
+    return case.image.name.endswith(".npz")
+
+
+def _case_cvpr25(case: CaseResult, clicks: int) -> dict[str, float] | None:
+    """The challenge's per-case scores (classes averaged per step, :func:`cvpr25_case_scores`)."""
+    if not case.targets:
+        return None
+    return cvpr25_case_scores(
+        [[s.dice for s in t.steps] for t in case.targets], [[s.nsd for s in t.steps] for t in case.targets], clicks
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,13 +552,19 @@ def evaluate(
         "workers": int(workers),
         "volsam_version": __version__,
     }
+    overall = _aggregate(results, cfg)
+    if protocol == "cvpr25":
+        # The challenge's leaderboard numbers: per-case scores (classes averaged per step), then the case mean.
+        per_case = [sc for sc in (_case_cvpr25(c, cfg.clicks) for c in case_results if c.skipped is None) if sc]
+        keys = ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")
+        overall["cvpr25_cases"] = {k: _mean([sc[k] for sc in per_case]) for k in keys} | {"n_cases": len(per_case)}
     summary = Summary(
         config=config,
         steps=steps,
         records=[s for r in results for s in r.steps],
         results=results,
         per_target=per_target,
-        overall=_aggregate(results, cfg),
+        overall=overall,
         cases=[
             {
                 "case": c.name,
@@ -521,6 +573,7 @@ def evaluate(
                 "encode_ms": c.encode_ms,
                 "mean_click_ms": _mean([s.click_ms for t in c.targets for s in t.steps if s.kind != "none"]),
                 "seconds": c.seconds,
+                **({"cvpr25": _case_cvpr25(c, cfg.clicks)} if protocol == "cvpr25" else {}),
             }
             for c in case_results
             if c.skipped is None
