@@ -102,8 +102,8 @@ def default_weights_path() -> Path:
 
 # Where the official weights of the registered architectures come from (named in the error for a bare name).
 _OFFICIAL_WEIGHTS = {
-    "sam_med3d": ("sam_med3d_turbo.pth", "the SAM-Med3D release (github.com/uni-medical/SAM-Med3D)"),
-    "fastsam3d": ("FastSAM3D.pth", "the FastSAM3D release (github.com/arcadelab/FastSAM3D)"),
+    "sam_med3d": ("sam_med3d_turbo.pth", "the SAM-Med3D release (github.com/uni-medical/SAM-Med3D)", "sam_med3d_turbo"),
+    "fastsam3d": ("FastSAM3D.pth", "the FastSAM3D release (github.com/arcadelab/FastSAM3D)", "fastsam3d_official"),
 }
 
 
@@ -115,9 +115,10 @@ def _named_model(name: str, random_weights: bool) -> PromptableModel:
     if name == DEFAULT_MODEL and default_weights_path().is_file():
         return build_model(name, default_weights_path())
     if name in _OFFICIAL_WEIGHTS:
-        file, source = _OFFICIAL_WEIGHTS[name]
+        file, source, hub_name = _OFFICIAL_WEIGHTS[name]
         how = (
-            f"give its weights file (e.g. --model {file}; official weights: {source}, or `volsam weights fetch {name}`)"
+            f"give its weights file (e.g. --model {file}; official weights: {source}), "
+            f"or `volsam weights fetch {hub_name}` then --model {hub_name}"
         )
     else:
         how = f"give a weights file trained for it (no official weights exist; `volsam train --model {name}` makes one)"
