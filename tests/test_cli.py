@@ -67,8 +67,23 @@ def test_segment_with_the_shipped_model_refuses_encoder_attention_in_one_line(im
     assert main(argv) == 2  # the early-fusion default has no attention to switch
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("volsam: error:") and "no attention" in err[-1] and not dilated.exists()
+    with pytest.raises(SystemExit):
+        main(["segment", str(image), "--point", "1,1,1", "--encoder-attention", "sparse"])
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["segment", "{img}", "--point", "99,1,1"], "outside the volume"),
+        (["segment", "{missing}", "--point", "1,1,1"], "no such file"),
+        (["segment", "{img}", "--point", "1,1"], None),  # argparse usage error
+        (["segment", "{img}", "--point", "1,1,1", "-o", "{img}"], "input"),
+        (["segment", "{img}", "--point", "1,1,1", "--model", "{trunc}"], "not a readable checkpoint"),
+        (["segment", "{img}", "--point", "1,1,1", "--model", "nonsense"], "model must be one of"),
+        (["segment", "{img4d}", "--point", "1,1,1"], "3D"),
+        (["info", "{trunc_nii}"], "truncated"),
+    ],
+)
 def test_bad_input_is_one_line_no_traceback(image, tmp_path, capsys, args, message):
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(b"PK\x03\x04" + b"\x00" * 64)

@@ -161,7 +161,11 @@ def test_not_fetched_is_one_line_with_url_and_command(tmp_path, monkeypatch, cap
     assert "\n" not in msg
     assert "volsam weights fetch sam_med3d_turbo" in msg
     assert "https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth" in msg
-    img = tmp_path / "x.nii.gz"
+    import nibabel as nib
+    import numpy as np
+
+    img = tmp_path / "x.nii.gz"  # a real image: the input is checked before the model
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), img)
     assert main(["segment", str(img), "--point", "1,1,1", "--model", "sam_med3d_turbo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("volsam: error: official weights 'sam_med3d_turbo'")
