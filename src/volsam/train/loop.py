@@ -396,6 +396,20 @@ def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
+def _append_clicks(
+    coords: list[list[tuple[float, float, float]]], labels: list[list[int]], clicks: Sequence[Any]
+) -> None:
+    """Append one click per sample (label 1/0); None (a perfect prediction, an empty target or a box-only
+    first prompt) becomes a padding point (label -1), which keeps the batch's shapes aligned."""
+    for k, c in enumerate(clicks):
+        if c is None:
+            coords[k].append((0.0, 0.0, 0.0))
+            labels[k].append(-1)
+        else:
+            coords[k].append(c.point)
+            labels[k].append(1 if c.positive else 0)
+
+
 def interaction_loss(
     model: PromptableModel,
     emb: torch.Tensor,
@@ -441,13 +455,7 @@ def interaction_loss(
             assert pred is not None
             clicks = [simulate_click(cfg.click_protocol, pred[k], gt[k], rngs[k]) for k in range(b)]
         if clicks is not None:
-            for k, c in enumerate(clicks):
-                if c is None:  # perfect prediction (or empty target): a padding point keeps shapes aligned
-                    coords[k].append((0.0, 0.0, 0.0))
-                    labels[k].append(-1)
-                else:
-                    coords[k].append(c.point)
-                    labels[k].append(1 if c.positive else 0)
+            _append_clicks(coords, labels, clicks)
         ct = torch.tensor(coords, dtype=torch.float32, device=device)
         lt = torch.tensor(labels, dtype=torch.long, device=device)
         with _autocast(device, cfg.amp):
@@ -510,15 +518,6 @@ def correction_loss(
                           for j in range(b)])
         dense = {"box_pos": torch.from_numpy(boxes)[:, None].to(device)}
 
-    def add(clicks: list[Any]) -> None:
-        for j, c in enumerate(clicks):
-            if c is None:  # perfect prediction (or a box-only first prompt): a padding point keeps shapes aligned
-                coords[j].append((0.0, 0.0, 0.0))
-                labels[j].append(-1)
-            else:
-                coords[j].append(c.point)
-                labels[j].append(1 if c.positive else 0)
-
     def run(prev: torch.Tensor | None) -> torch.Tensor:
         ct = torch.tensor(coords, dtype=torch.float32, device=device)
         lt = torch.tensor(labels, dtype=torch.long, device=device)
@@ -527,14 +526,14 @@ def correction_loss(
             low, _ = model.decode(emb, ct, lt, prev, **extra)
         return low.float()
 
-    add([None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)])
+    _append_clicks(coords, labels, [None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)])
     prev = model.no_mask_prompt(b, device)
     for _ in range(k):
         with torch.no_grad():
             prev = run(prev)
             pred = (model.upsample_logits(prev)[:, 0] > 0).cpu().numpy()
         protocols = ["cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol for j in range(b)]
-        add([simulate_click(protocols[j], pred[j], gt[j], rngs[j]) for j in range(b)])
+        _append_clicks(coords, labels, [simulate_click(protocols[j], pred[j], gt[j], rngs[j]) for j in range(b)])
     low = run(prev)
     loss = loss_fn(model.upsample_logits(low), target)
     return loss, [float(loss.detach())]
