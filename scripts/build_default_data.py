@@ -3,7 +3,9 @@
 Writes an nnU-Net raw folder (imagesTr/, labelsTr/, dataset.json) under OUT from the sources of
 :mod:`volsam.train.open_data`: Colin27 + AAL minus the held-out structures and inia19 + NeuroMaps (Debian
 ``mricron-data``), the head CT of Debian ``invesalius-examples`` (skull and head by threshold), and the
-MNI152 2009a template with grey/white matter (``pip install nilearn``, whose package ships it).
+MNI152 2009a template with grey/white matter (``pip install nilearn``, whose package ships it), the other
+MNI-space atlases of ``mricron-data``, Colin27 tissue components, and procedural volumes of shapes whose
+borders are image edges (``shapes``).
 
     python scripts/build_default_data.py OUT [--sources ...] [--val-targets N]
 

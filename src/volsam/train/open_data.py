@@ -16,7 +16,11 @@ image's own grid; :func:`build_training_set` writes them as an nnU-Net raw folde
 - :func:`atlas_cases`: the other MNI-space atlases of ``mricron-data`` (Brodmann, Harvard-Oxford cortical,
   JHU white matter, AICHA, JHU-189, NatBrainLab) on the Colin27 T1, resampled to its grid;
 - :func:`tissue_case`: connected components of Colin27's k-means tissue classes (structures with visible
-  boundaries: ventricles, white matter, cerebellar and cortical grey matter pieces).
+  boundaries: ventricles, white matter, cerebellar and cortical grey matter pieces);
+- :func:`shapes_cases`: procedural volumes of deformed ellipsoids (0.1-25 cm^3, the size range of deep
+  grey structures and lesions) on a textured background, every shape a target whose border *is* an image
+  edge. Atlas parcels (cortical areas) have borders that no image shows; these teach the model that a
+  click's object ends where the intensity changes.
 
 **Held out everywhere**: the voxels of the held-out AAL structures (:data:`HELD_OUT_AAL`, resampled by world
 coordinates onto grids in MNI space) are removed from every target of every MNI-space source, and a label
@@ -300,8 +304,129 @@ def tissue_case(templates: Path = MRICRON_TEMPLATES) -> LabelledCase:
     return LabelledCase("colin27_tissue", ch2, lab, labels)
 
 
+SHAPES_BASE = 61000
+"""Label values of :func:`shapes_cases`: SHAPES_BASE + 64 x volume + shape (1..63); below TISSUE_BASE's
+filler only in name: they lie above 60000 so :func:`split_validation` never draws them (validation stays on
+real anatomy)."""
+
+SHAPES_VOLUMES = 16
+SHAPES_PER_VOLUME = 40
+SHAPES_SIZE = 144
+"""Procedural volumes: count, shapes drawn per volume (overlaps and small pieces remove some), side (1 mm voxels)."""
+
+
+def _smooth_noise(shape: tuple[int, int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field (X, Y, Z): a ``cells``^3 normal grid, cubic upsampling."""
+    coarse = rng.standard_normal((cells, cells, cells))
+    f = ndimage.zoom(coarse, [s / cells for s in shape], order=3, mode="reflect")[: shape[0], : shape[1], : shape[2]]
+    return ((f - f.mean()) / max(f.std(), 1e-6)).astype(np.float32)
+
+
+def shapes_volume(
+    rng: np.random.Generator, size: int = SHAPES_SIZE, shapes: int = SHAPES_PER_VOLUME
+) -> tuple[np.ndarray, np.ndarray]:
+    """One procedural volume: (image float32 in [0, 1], label map int64 with shapes 1..n and background
+    tissue classes as negative values -1..-3), both (size, size, size) at 1 mm.
+
+    Shapes are ellipsoids with log-uniform semi-axes of 3-18 mm and a random rotation, their surface
+    displaced by a smooth random field (lobes, bends); 40 % are the union with a second, offset ellipsoid
+    (elongated and C-like objects such as the caudate). Later shapes are painted over earlier ones, so
+    shapes touch and cut each other; each keeps its largest 26-connected piece of >= MIN_COMPONENT_VOXELS.
+    The image (:func:`_shapes_image`) gives each shape an intensity that differs from the tissue around it,
+    so every border is an edge (the training loop's ``--p-synth`` redraws contrasts, weak ones included).
+    """
+    shape3 = (size, size, size)
+    tissue = _smooth_noise(shape3, 9, rng)
+    edges = np.quantile(tissue, [0.3, 0.65])
+    lab = -(1 + np.digitize(tissue, edges)).astype(np.int64)
+    wobble = _smooth_noise(shape3, 10, rng)
+    coords = np.indices(shape3, dtype=np.float32)
+    n = 0
+    for _ in range(shapes):
+        axes = np.exp(rng.uniform(np.log(3.0), np.log(18.0), 3))
+        centre = rng.uniform(0.15 * size, 0.85 * size, 3)
+        parts = [(centre, axes, np.linalg.qr(rng.standard_normal((3, 3)))[0])]
+        if rng.random() < 0.4:
+            d = rng.standard_normal(3)
+            d /= np.linalg.norm(d)
+            axes2 = axes * rng.uniform(0.6, 1.0, 3)
+            centre2 = centre + d * rng.uniform(0.8, 1.6) * axes.max()
+            parts.append((centre2, axes2, np.linalg.qr(rng.standard_normal((3, 3)))[0]))
+        reach = max(float(a.max()) for _, a, _ in parts) * 1.6
+        lo = np.clip(np.floor(np.min([c for c, _, _ in parts], axis=0) - reach), 0, size).astype(int)
+        hi = np.clip(np.ceil(np.max([c for c, _, _ in parts], axis=0) + reach) + 1, 0, size).astype(int)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        if any(b - a < 2 for a, b in zip(lo, hi, strict=True)):
+            continue
+        x = coords[(slice(None), *box)].reshape(3, -1).T
+        amp = rng.uniform(0.1, 0.45)
+        inside = np.zeros(len(x), dtype=bool)
+        for c, a, rot in parts:
+            q = ((x - c) @ rot) / a
+            inside |= (q**2).sum(axis=1) < 1.0 + amp * wobble[box].ravel()
+        if not inside.any():
+            continue
+        n += 1
+        sub = lab[box].reshape(-1)
+        sub[inside] = n
+        lab[box] = sub.reshape(lab[box].shape)
+    out = np.where(lab > 0, 0, lab)
+    kept = 0
+    for v in range(1, n + 1):
+        comp, k = ndimage.label(lab == v, structure=np.ones((3, 3, 3)))
+        if k == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        if sizes.max() < MIN_COMPONENT_VOXELS:
+            continue
+        kept += 1
+        out[comp == 1 + int(np.argmax(sizes))] = kept
+    # pieces cut off a shape go back to the tissue under them
+    hole = out == 0
+    if hole.any():
+        out[hole] = -(1 + np.digitize(tissue[hole], edges))
+    return _shapes_image(out, rng), out
+
+
+def _shapes_image(lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Image (float32, [0, 1]) of a :func:`shapes_volume` label map: tissue classes (negative labels) at
+    spread means; each shape at the mean of the tissue around it +- U(0.15, 0.45) (reflected into [0, 1]);
+    Gaussian texture, blur of 0.3-1.0 voxels, a smooth bias field and noise."""
+    tissue_means = np.sort(rng.uniform(0.15, 0.85, 3))
+    rng.shuffle(tissue_means)
+    means = np.zeros(int(lab.max()) + 4, dtype=np.float32)  # index lab + 3: tissue -3..-1, shapes 1..n
+    means[:3] = tissue_means[::-1]
+    for v in range(1, int(lab.max()) + 1):
+        m = lab == v
+        ring = ndimage.binary_dilation(m, iterations=2) & ~m & (lab < 0)
+        around = float(np.mean(means[lab[ring] + 3])) if ring.any() else 0.5
+        mu = around + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.45)
+        means[v + 3] = float(np.abs(mu) if mu < 0 else (2.0 - mu if mu > 1 else mu))
+    img = means[lab + 3] + rng.uniform(0.005, 0.04) * rng.standard_normal(lab.shape, dtype=np.float32)
+    img = ndimage.gaussian_filter(img, sigma=rng.uniform(0.3, 1.0, 3), mode="nearest")
+    img *= np.exp(0.15 * _smooth_noise(lab.shape, 4, rng))
+    img += rng.uniform(0.005, 0.03) * rng.standard_normal(lab.shape, dtype=np.float32)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def shapes_cases(
+    count: int = SHAPES_VOLUMES, seed: int = 0, size: int = SHAPES_SIZE, shapes: int = SHAPES_PER_VOLUME
+) -> list[LabelledCase]:
+    """``count`` procedural volumes (:func:`shapes_volume`), shapes valued SHAPES_BASE + 64 x i + j,
+    background tissue as TISSUE_BASE + class (never a target); identity affine (1 mm, RAS+)."""
+    out = []
+    for i in range(count):
+        image, lab = shapes_volume(np.random.default_rng([seed, 7, i]), size, shapes)
+        vals = np.where(lab > 0, SHAPES_BASE + 64 * i + np.clip(lab, 0, 63), TISSUE_BASE - lab).astype(np.uint16)
+        vals[lab > 63] = TISSUE_BASE + 1  # more than 63 kept shapes: the rest become filler
+        labels = {f"shape_{i}_{int(v) - SHAPES_BASE - 64 * i}": int(v)
+                  for v in np.unique(vals) if SHAPES_BASE < v < SHAPES_BASE + 64 * (i + 1)}
+        out.append(LabelledCase(f"shapes_{i:02d}", Volume(image, np.eye(4)), vals, labels))
+    return out
+
+
 SOURCES = {"colin27": colin27_case, "inia19": inia19_case, "invesalius": invesalius_case, "mni152": mni152_case,
-           "atlases": atlas_cases, "tissue": tissue_case}
+           "atlases": atlas_cases, "tissue": tissue_case, "shapes": shapes_cases}
 """Source name -> case function, in the order :func:`build_training_set` writes them."""
 
 
@@ -321,7 +446,7 @@ def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> di
         made = SOURCES[s]()
         for case in made if isinstance(made, list) else [made]:
             label = case.label
-            if s != "invesalius":  # the CT's labels already cover the head; MRI backgrounds get tissue classes
+            if s not in ("invesalius", "shapes"):  # CT labels cover the head; shapes carry their own tissue
                 label = fill_tissue(label, np.asarray(case.image.array))
             write_image(case.image, out / "imagesTr" / f"{case.name}_0000.nii.gz")
             write_mask(label, case.image, out / "labelsTr" / f"{case.name}.nii.gz")
