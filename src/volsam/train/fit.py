@@ -4,7 +4,7 @@ phase of a training.
 Optimisation: AdamW with two parameter groups (image encoder at ``encoder_lr``, the rest at ``lr``),
 gradient accumulation, bf16 autocast on CUDA only (fp32 on CPU, where bf16 is ~100x slower), optional
 gradient clipping. The global batch is ``batch_size * accum * world_size``; with ``torchrun`` each rank
-takes its share of every global batch (:class:`volsam.train.data.StepSampler`) and gradients are
+takes its share of every global batch (:class:`volsam.train.sampler.StepSampler`) and gradients are
 averaged over ranks before each optimizer step, so N processes give the result of one process with the
 same global batch. Every random draw (data, clicks, mask-only rounds) is a function of the seed and the
 sample index or step, so a resumed run repeats the losses of an uninterrupted one exactly.
@@ -25,9 +25,10 @@ import torch.distributed as dist
 
 from volsam.checkpoint import save_checkpoint
 from volsam.train.config import TrainConfig
-from volsam.train.data import StepSampler, TrainDataset, make_loader
+from volsam.train.data import TrainDataset
 from volsam.train.distributed import _average_gradients, _mean_over_ranks, dist_info
 from volsam.train.log import TrainLog
+from volsam.train.sampler import StepSampler, make_loader
 from volsam.train.state import rng_state, set_rng_state
 from volsam.train.tasks import Task
 
