@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from volsam.eval.interaction import target_view
 from volsam.eval.metrics import dice
 from volsam.eval.report import plot_view, save_png
-from volsam.eval.runner import target_view
 from volsam.io import read_image, write_mask
 from volsam.session import Session
 

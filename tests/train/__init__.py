@@ -52,3 +52,12 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def tiny_fusion():
+    """A small early-fusion model (32^3 windows), seeded."""
+    from volsam.config import FusionConfig
+    from volsam.modeling import FusionSeg3D
+
+    torch.manual_seed(0)
+    return FusionSeg3D.from_config(FusionConfig(img_size=32, widths=(4, 8), blocks=(1, 1)))

@@ -11,7 +11,9 @@ import torch
 from volsam import build_model, save_checkpoint
 from volsam.cli import main
 from volsam.train.data import AugmentConfig, TrainDataset
-from volsam.train.loop import LOG_COLUMNS, TrainConfig, TrainLog, evaluate, mask_only_round_set, train
+from volsam.train.loop import TrainConfig, TrainLog, evaluate, train
+
+from . import tiny_fusion
 
 MODEL = "fastsam3d_mini"
 
@@ -19,16 +21,6 @@ MODEL = "fastsam3d_mini"
 def _model(seed: int = 0):
     torch.manual_seed(seed)
     return build_model(MODEL)
-
-
-def test_mask_only_rounds():
-    rng = np.random.default_rng(0)
-    assert mask_only_round_set(5, 0, rng) == set() and mask_only_round_set(1, 2, rng) == set()
-    assert mask_only_round_set(2, 2, rng) == {1}
-    for _ in range(10):
-        s = mask_only_round_set(5, 2, rng)
-        assert 4 in s and len(s) == 2 and 0 not in s
-    assert mask_only_round_set(4, 9, rng) == {1, 2, 3}
 
 
 def test_resume_repeats_the_uninterrupted_run(toy_data: Path, tmp_path: Path):
@@ -59,15 +51,6 @@ def test_resume_repeats_the_uninterrupted_run(toy_data: Path, tmp_path: Path):
         m.state_dict()["mask_decoder.iou_token.weight"], b["model_state_dict"]["mask_decoder.iou_token.weight"]
     )
     build_model(MODEL, checkpoint=tmp_path / "cut" / "final.pt")
-
-
-def test_log_truncates_steps_after_the_checkpoint(tmp_path: Path):
-    log = TrainLog(tmp_path)
-    for step in (1, 2, 3):
-        log.write({"phase": "train", "phase_index": 0, "step": step, "samples": step, "loss": 0.5})
-    TrainLog(tmp_path, resume_at=(0, 2))
-    rows = TrainLog.read(tmp_path / "train_log.csv")
-    assert [r["step"] for r in rows] == ["1", "2"] and list(rows[0]) == list(LOG_COLUMNS)
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -150,66 +133,10 @@ def test_overfits_a_small_synthetic_set(toy_data: Path, tmp_path: Path):
     assert dice > 0.9
 
 
-def test_ce_weight_scales_the_cross_entropy_term():
-    from volsam.train.loop import InteractiveTask, TrainConfig
-
-    logits = torch.full((1, 1, 8, 8, 8), -4.0)
-    target = torch.zeros(1, 1, 8, 8, 8)
-    target[..., 2:5, 2:5, 2:5] = 1
-    model = build_model("fastsam3d_mini")
-    full = InteractiveTask(model, TrainConfig(steps=1), torch.device("cpu")).loss_fn(logits, target)
-    low = InteractiveTask(model, TrainConfig(steps=1, ce_weight=0.1), torch.device("cpu")).loss_fn(logits, target)
-    dice_only = InteractiveTask(model, TrainConfig(steps=1, ce_weight=0.0), torch.device("cpu")).loss_fn(logits, target)
-    assert torch.isclose(low - dice_only, 0.1 * (full - dice_only), rtol=1e-5)
-
-
-def _tiny_fusion():
-    from volsam.config import FusionConfig
-    from volsam.modeling import FusionSeg3D
-
-    torch.manual_seed(0)
-    return FusionSeg3D.from_config(FusionConfig(img_size=32, widths=(4, 8), blocks=(1, 1)))
-
-
-@pytest.mark.parametrize("step", [0, 3, 7])
-def test_correction_recipe_runs_k_clicks_without_gradient_then_one_trained_round(step):
-    from volsam.train.loop import _STREAM_ROUNDS, correction_loss
-    from volsam.train.losses import make_loss
-
-    model = _tiny_fusion()
-    calls: list[tuple[bool, int, bool]] = []
-    decode = model.decode
-
-    def spy(emb, coords, labels, prev=None, **kw):
-        calls.append((torch.is_grad_enabled(), labels.shape[1], prev is None))
-        return decode(emb, coords, labels, prev, **kw)
-
-    model.decode = spy  # type: ignore[method-assign]
-    cfg = TrainConfig(steps=10, max_corrections=4, seed=1)
-    target = torch.zeros(2, 1, 32, 32, 32)
-    target[:, :, 10:20, 12:22, 8:18] = 1
-    image = torch.randn(2, 1, 32, 32, 32)
-    loss, per_round = correction_loss(model, image, target, [5, 6], step, cfg, make_loss("dicece"))
-    k = int(np.random.default_rng([1, _STREAM_ROUNDS, step]).integers(5))
-    assert len(calls) == k + 1
-    assert [g for g, _, _ in calls] == [False] * k + [True]
-    assert [n for _, n, _ in calls] == list(range(1, k + 2))  # one more click each round
-    assert calls[0][2] and all(not first for _, _, first in calls[1:])  # previous prediction from round 2 on
-    assert loss.requires_grad and per_round == [pytest.approx(float(loss.detach()))]
-
-
-def test_correction_ramp():
-    cfg = TrainConfig(steps=10, max_corrections=8, correction_ramp_steps=100)
-    assert [cfg.corrections_at(s) for s in (0, 49, 99, 500)] == [1, 4, 8, 8]
-    assert TrainConfig(steps=10, max_corrections=8).corrections_at(0) == 8
-    with pytest.raises(ValueError, match="recipe"):
-        TrainConfig(steps=1, recipe="other")
-
-
 def test_fusion_model_trains_through_the_shared_loop(toy_data: Path, tmp_path: Path):
     data = TrainDataset.from_dataset(toy_data, size=32, seed=0)
     cfg = TrainConfig(steps=40, batch_size=2, lr=3e-3, max_corrections=2, box_prob=0.3, batch_augment=True, seed=0)
-    res = train(_tiny_fusion(), data, tmp_path / "f", cfg, model_name="")
+    res = train(tiny_fusion(), data, tmp_path / "f", cfg, model_name="")
     first, last = np.mean(res.losses[:8]), np.mean(res.losses[-8:])
     assert last < first
     assert (tmp_path / "f" / "final.pt").is_file()

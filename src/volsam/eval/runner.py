@@ -53,37 +53,22 @@ count, so with another count a voxel whose logit is ~0 may occasionally flip.
 
 from __future__ import annotations
 
-import math
 import os
-import time
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from scipy import ndimage
 
-from volsam.eval.datasets import Case, Target, load_dataset, load_target_mask, resolve_targets, validate_case
-from volsam.eval.metrics import (
-    CVPR25_DSC_THRESHOLD,
-    CVPR25_NSD_TOLERANCE_MM,
-    case_metrics,
-    cvpr25_case_scores,
-    cvpr25_nsd,
-    cvpr25_summary,
-    dice,
-    hd95,
-    nsd,
-)
+from volsam.eval.aggregate import _aggregate, _case_cvpr25, _Extremes, _mean
+from volsam.eval.datasets import Case, load_dataset
+from volsam.eval.interaction import SessionFactory, SessionLike, _Config, _run_case, target_rng
+from volsam.eval.interaction import target_view as target_view
+from volsam.eval.metrics import CVPR25_NSD_TOLERANCE_MM
 from volsam.eval.report import CaseResult, StepRecord, Summary, TargetResult, TargetView
-from volsam.io import Volume, read_image
-from volsam.prompts import cvpr25_box, first_click, simulate_click
-from volsam.transforms import Window, extract_window
 
 if TYPE_CHECKING:
     from volsam.modeling import Sam3D
@@ -106,41 +91,8 @@ PROTOCOLS: tuple[str, ...] = ("sam_med3d", "cvpr25")
 _DEFAULT_NSD_MM = {"sam_med3d": 1.0, "cvpr25": CVPR25_NSD_TOLERANCE_MM}
 
 
-class SessionLike(Protocol):
-    """What the runner needs from a :class:`~volsam.session.Session` (tests inject fakes).
-
-    ``timings`` is optional: when present, its ``encode_ms`` is read after every prompt.
-    """
-
-    def set_image(self, image: Volume) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def add_click(self, point: tuple[float, float, float], positive: bool = True) -> np.ndarray: ...
-
-    def add_box(self, lo: tuple[float, float, float], hi: tuple[float, float, float]) -> np.ndarray: ...
-
-
-SessionFactory = Callable[[], SessionLike]
-
-
-@dataclass(frozen=True)
-class _Config:
-    protocol: str
-    clicks: int
-    seed: int
-    nsd_tolerance_mm: float
-    window_metrics: bool
-
-
 # --------------------------------------------------------------------------------------------------
-# seeds, models, sessions
-
-
-def target_rng(seed: int, case: str, target: Target) -> np.random.Generator:
-    """The generator of one (case, target): seeded by ``seed`` and a CRC32 of case name, value and name."""
-    key = zlib.crc32(f"{case}\x00{target.value}\x00{target.name}".encode())
-    return np.random.default_rng([seed, key])
+# models, sessions
 
 
 @dataclass(frozen=True)
@@ -194,175 +146,6 @@ def _model_label(model: Any) -> str:
     return type(model).__name__
 
 
-def _first_window(session: SessionLike) -> tuple[Window, np.ndarray] | None:
-    """The current object's first window and its (size,)^3 bool mask; None for sessions without windows
-    (test fakes) or before any prediction."""
-    windows = getattr(session, "windows", None)
-    return windows[0] if windows else None
-
-
-# --------------------------------------------------------------------------------------------------
-# one target, one case
-
-
-def _metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], cfg: _Config) -> tuple[float, float, float]:
-    """(dice, nsd, hd95) of the prediction on the original grid."""
-    if cfg.protocol == "cvpr25":
-        d = dice(pred, gt)
-        # the challenge's NSD is 0 at DSC <= 0.2: skip computing it there
-        n = nsd(pred, gt, spacing, cfg.nsd_tolerance_mm, use_subvoxels=True) if d > CVPR25_DSC_THRESHOLD else 0.0
-        return d, cvpr25_nsd(d, n), hd95(pred, gt, spacing)
-    m = case_metrics(pred, gt, spacing, cfg.nsd_tolerance_mm)
-    return m["dice"], m["nsd"], m["hd95"]
-
-
-def target_view(case: str, target: str, vol: Volume, gt: np.ndarray, pred: np.ndarray, d: float) -> TargetView:
-    """Slices of image, truth and prediction through the truth's centroid (for figures)."""
-    c = tuple(round(float(x)) for x in ndimage.center_of_mass(gt))
-    ci, cj, ck = (min(max(x, 0), n - 1) for x, n in zip(c, gt.shape, strict=True))
-    img = np.asarray(vol.array, dtype=np.float32)
-
-    def cut(a: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (
-            np.array(a[ci, :, :], dtype=dtype),
-            np.array(a[:, cj, :], dtype=dtype),
-            np.array(a[:, :, ck], dtype=dtype),
-        )
-
-    return TargetView(case, target, d, (ci, cj, ck), vol.spacing, cut(img, np.float32), cut(gt, bool), cut(pred, bool))
-
-
-def _run_target(
-    session: SessionLike,
-    vol: Volume,
-    gt: np.ndarray,
-    case: str,
-    target: Target,
-    cfg: _Config,
-    box: tuple[tuple[int, int, int], tuple[int, int, int]] | str = "simulate",
-) -> tuple[list[StepRecord], np.ndarray]:
-    """Prompt one target through every step; returns the records and the final prediction (uint8).
-
-    ``box`` (cvpr25): ``"simulate"`` draws the challenge box from the target; inclusive corners ``(lo, hi)``
-    are a box given by the case file; ``"skip"`` is a case file without boxes: as in the challenge, the box
-    step scores 0 (kind ``"none"``) and the clicks start from an empty prediction."""
-    session.reset()
-    rng = target_rng(cfg.seed, case, target)
-    spacing = vol.spacing
-    steps = range(0, cfg.clicks + 1) if cfg.protocol == "cvpr25" else range(1, cfg.clicks + 1)
-    pred = np.zeros(gt.shape, dtype=np.uint8)
-    records: list[StepRecord] = []
-    window_gt: tuple[Window, np.ndarray] | None = None
-    for step in steps:
-        if cfg.protocol == "cvpr25" and step == 0 and box == "skip":
-            wd0 = math.nan if cfg.window_metrics else None
-            records.append(
-                StepRecord(case, target.value, target.name, 0, "none", (), 0.0, 0.0, math.inf, 0.0, 0.0, wd0)
-            )
-            continue
-        if cfg.protocol == "cvpr25" and step == 0:
-            if isinstance(box, str):
-                drawn = cvpr25_box(gt, rng)
-                assert drawn is not None  # gt has foreground
-                lo, hi = drawn.lo, drawn.hi
-            else:
-                lo, hi = box
-            kind, voxel = "box", (*lo, *hi)
-            t0 = time.perf_counter()
-            pred = session.add_box(tuple(float(x) for x in lo), tuple(float(x) for x in hi))
-        else:
-            if cfg.protocol == "sam_med3d":
-                click = first_click(gt, rng, "random") if step == 1 else simulate_click("random", pred, gt, rng)
-            else:
-                click = simulate_click("cvpr25", pred, gt, rng)
-            if click is None:  # nothing left to correct: repeat the last metrics for the remaining steps
-                last = records[-1]
-                records += [
-                    replace(last, step=s, kind="none", voxel=(), click_ms=0.0, encode_ms=0.0)
-                    for s in steps
-                    if s >= step
-                ]
-                break
-            kind, voxel = ("positive" if click.positive else "negative"), click.voxel
-            t0 = time.perf_counter()
-            pred = session.add_click(click.point, positive=click.positive)
-        click_ms = (time.perf_counter() - t0) * 1e3
-        timings = getattr(session, "timings", None)
-        encode_ms = float(getattr(timings, "encode_ms", 0.0))
-        d, n, h = _metrics(pred, gt, spacing, cfg)
-        wd = None
-        if cfg.window_metrics:
-            win = _first_window(session)
-            if win is None:
-                wd = math.nan
-            else:
-                if window_gt is None or window_gt[0] != win[0]:
-                    window_gt = (win[0], extract_window(gt.view(np.uint8), vol.affine, win[0], order=0) > 0.5)
-                wd = dice(win[1], window_gt[1])
-        vox = tuple(int(v) for v in voxel)
-        records.append(StepRecord(case, target.value, target.name, step, kind, vox, d, n, h, click_ms, encode_ms, wd))
-    return records, np.asarray(pred)
-
-
-def _run_case(
-    session: SessionLike, index: int, case: Case, cfg: _Config, tick: Callable[[float], None] | None = None
-) -> CaseResult:
-    """Evaluate every target of one case with one image set (embeddings cached across targets).
-
-    ``tick(fraction)`` is called after each target with its share of the case (for progress bars).
-    """
-    t_case = time.perf_counter()
-    out = CaseResult(index, case.name)
-    reason = validate_case(case)
-    boxes: dict[int, Any] | None = None  # boxes given by a challenge case file, by label value
-    if reason is None:
-        try:
-            if _is_challenge_case(case):
-                from volsam.challenge import eval_inputs
-
-                vol, label, boxes = eval_inputs(case.image)
-                boxes = boxes if boxes is not None else {}  # {}: the file has no boxes
-            else:
-                vol = read_image(case.image)
-                label = read_image(case.label, dtype=None).array
-            targets = resolve_targets(case, label)
-        except (OSError, ValueError) as e:
-            reason = f"unreadable: {' '.join(str(e).split())}"
-    if reason is not None:
-        out.skipped = reason
-        return out
-    session.set_image(vol)
-    for ti, target in enumerate(targets):
-        gt = load_target_mask(case, target, label)
-        if not gt.any():
-            out.absent.append(target.name)
-            continue
-        gt = np.ascontiguousarray(gt, dtype=bool)
-        box = "simulate" if boxes is None else boxes.get(target.value, "skip")
-        records, pred = _run_target(session, vol, gt, case.name, target, cfg, box)
-        out.encode_ms += sum(r.encode_ms for r in records)
-        view = target_view(case.name, target.name, vol, gt, pred, records[-1].dice)
-        out.targets.append(TargetResult(index, ti, case.name, target, records, view))
-        if tick is not None:
-            tick(1.0 / len(targets))
-    out.seconds = time.perf_counter() - t_case
-    return out
-
-
-def _is_challenge_case(case: Case) -> bool:
-    """A CVPR 2025 challenge ``.npz`` (image, label and boxes in one file; :mod:`volsam.challenge`)."""
-    return case.image.name.endswith(".npz")
-
-
-def _case_cvpr25(case: CaseResult, clicks: int) -> dict[str, float] | None:
-    """The challenge's per-case scores (classes averaged per step, :func:`cvpr25_case_scores`)."""
-    if not case.targets:
-        return None
-    return cvpr25_case_scores(
-        [[s.dice for s in t.steps] for t in case.targets], [[s.nsd for s in t.steps] for t in case.targets], clicks
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # worker processes
 
@@ -387,49 +170,6 @@ def _cores() -> int:
 
 # --------------------------------------------------------------------------------------------------
 # aggregation
-
-
-def _mean(values: Sequence[float], finite_only: bool = False) -> float | None:
-    v = [float(x) for x in values if x is not None and (math.isfinite(x) or not finite_only)]
-    v = [x for x in v if not math.isnan(x)]
-    return float(np.mean(v)) if v else None
-
-
-def _aggregate(results: Sequence[TargetResult], cfg: _Config) -> dict[str, Any]:
-    """Per-step means over ``results`` (all with the same steps) and, for cvpr25, mean challenge scores."""
-    agg: dict[str, Any] = {"n": len(results)}
-    if not results:
-        return agg
-    n_steps = len(results[0].steps)
-    for key in ("dice", "nsd", "hd95") + (("window_dice",) if cfg.window_metrics else ()):
-        agg[key] = [
-            _mean([getattr(r.steps[s], key) for r in results], finite_only=key == "hd95") for s in range(n_steps)
-        ]
-    if cfg.protocol == "cvpr25":
-        scores = [cvpr25_summary([s.dice for s in r.steps], [s.nsd for s in r.steps], cfg.clicks) for r in results]
-        agg["cvpr25"] = {k: _mean([s[k] for s in scores]) for k in ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")}
-    return agg
-
-
-class _Extremes:
-    """Keeps the views of the highest and lowest final Dice seen (ties: the first in case/target order),
-    dropping every other view so that memory stays bounded; the outcome does not depend on arrival order."""
-
-    def __init__(self) -> None:
-        self.best: tuple[tuple[float, int, int], TargetView] | None = None
-        self.worst: tuple[tuple[float, int, int], TargetView] | None = None
-
-    def add(self, case: CaseResult) -> None:
-        for r in case.targets:
-            if r.view is None:
-                continue
-            hi = (r.final_dice, -r.case_index, -r.target_index)
-            lo = (r.final_dice, r.case_index, r.target_index)
-            if self.best is None or hi > self.best[0]:
-                self.best = (hi, r.view)
-            if self.worst is None or lo < self.worst[0]:
-                self.worst = (lo, r.view)
-            r.view = None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,264 +52,40 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from volsam.io import DEFAULT_MAX_VOXELS, ImageReadError, Volume, nifti_bytes, read_image
+from volsam.serve.schemas import (
+    BoxRequest,
+    ClickRequest,
+    LassoRequest,
+    PathRequest,
+    PromptResult,
+    ScribbleRequest,
+    SessionInfo,
+    SessionState,
+)
+from volsam.serve.store import SessionStore
+from volsam.serve.uploads import _CHUNK, _BodyLimit, _upload_suffix, resolve_under
+from volsam.serve.uploads import MAX_JSON_BYTES as MAX_JSON_BYTES
+from volsam.serve.uploads import UPLOAD_SUFFIXES as UPLOAD_SUFFIXES
 from volsam.session import MAX_OBJECTS, Session
 
 _OWN_FORMAT = {"nifti": "nii.gz", "nrrd": "nrrd", "mha": "mha", "mhd": "mha", "dicom": "dcm"}
 """Label-file format ``GET /sessions/{id}/labels?format=auto`` gives for each input format."""
 
-UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
 STATIC_DIR = Path(__file__).parent / "static"
-_TOMBSTONES = 4096
-_CHUNK = 1 << 20
-#: Largest JSON (or other non-upload) request body; a click or path is ~100 bytes.
-MAX_JSON_BYTES = 64 << 10
-
-
-class PathRequest(BaseModel):
-    """Create a session from a file under the server's data root."""
-
-    path: str = Field(description="path relative to --data-root, e.g. case01/ct.nii.gz")
-
-
-class ClickRequest(BaseModel):
-    point: tuple[float, float, float] = Field(description="voxel (i, j, k), or mm RAS+ with world=true")
-    positive: bool = True
-    world: bool = False
-
-
-class BoxRequest(BaseModel):
-    lo: tuple[float, float, float] = Field(description="one corner, voxel (i, j, k) or mm RAS+ with world=true")
-    hi: tuple[float, float, float] = Field(description="the opposite corner")
-    world: bool = False
-
-
-class ScribbleRequest(BaseModel):
-    points: list[tuple[float, float, float]] = Field(
-        min_length=1, max_length=1 << 20, description="the stroke's voxels (i, j, k), or mm RAS+ with world=true"
-    )
-    positive: bool = True
-    world: bool = False
-
-
-class LassoRequest(BaseModel):
-    polygon: list[tuple[float, float]] = Field(
-        min_length=3,
-        max_length=1 << 16,
-        description="closed polygon on the slice: voxel coordinates of the two other axes, in axis order",
-    )
-    axis: int = Field(ge=0, le=2, description="voxel axis the slice is normal to")
-    index: int = Field(description="slice index along axis")
-    positive: bool = True
-
-
-class SessionInfo(BaseModel):
-    id: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    affine: list[list[float]] = Field(description="4x4 voxel -> mm RAS+")
-
-
-class SessionState(SessionInfo):
-    objects: int
-    clicks: int = Field(description="clicks on the current object")
-
-
-class PromptResult(BaseModel):
-    voxels: int = Field(description="voxels of the current object")
-    latency_ms: float = Field(description="time spent segmenting (excluding waiting for the session lock)")
-    object: int = Field(description="label of the current object")
-    clicks: int = Field(description="clicks on the current object")
-
-
-@dataclass
-class _Entry:
-    session: Session
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last_used: float = field(default_factory=time.monotonic)
-    active: int = 0  # requests using the session (never evicted while > 0)
-
-
-class SessionStore:
-    """Live sessions with idle expiry and least-recently-used eviction; thread-safe."""
-
-    def __init__(self, max_sessions: int, idle_timeout_s: float) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
-        self.max_sessions = max_sessions
-        self.idle_timeout_s = idle_timeout_s
-        self._live: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
-        self._expired: OrderedDict[str, str] = OrderedDict()  # id -> 410 message
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def _expire(self, sid: str, now: float, why: str = "") -> None:
-        entry = self._live.pop(sid)
-        self._expired[sid] = f"session {sid} expired after {now - entry.last_used:.0f} s idle{why}"
-        while len(self._expired) > _TOMBSTONES:
-            self._expired.popitem(last=False)
-
-    def _sweep(self, now: float) -> None:
-        for sid, entry in list(self._live.items()):
-            if entry.active == 0 and now - entry.last_used >= self.idle_timeout_s:
-                self._expire(sid, now)
-
-    def check_room(self) -> None:
-        """HTTP 503 now, before an upload is read or an image decoded, when no session could be added."""
-        with self._lock:
-            self._sweep(time.monotonic())
-            if len(self._live) >= self.max_sessions and all(e.active for e in self._live.values()):
-                raise HTTPException(503, f"all {self.max_sessions} sessions are busy; retry later")
-
-    def add(self, session: Session) -> str:
-        """Register a session (evicting the least recently used idle one when full); returns its id."""
-        sid = uuid.uuid4().hex
-        with self._lock:
-            now = time.monotonic()
-            self._sweep(now)
-            if len(self._live) >= self.max_sessions:
-                victim = next((s for s, e in self._live.items() if e.active == 0), None)
-                if victim is None:
-                    raise HTTPException(503, f"all {self.max_sessions} sessions are busy; retry later")
-                self._expire(victim, now, f" (evicted: the server holds at most {self.max_sessions} sessions)")
-            self._live[sid] = _Entry(session)
-        return sid
-
-    def idle_left_s(self, sid: str) -> float | None:
-        """Seconds before session ``sid`` expires idle, without counting as a use; None when not live."""
-        with self._lock:
-            now = time.monotonic()
-            self._sweep(now)
-            entry = self._live.get(sid)
-            if entry is None:
-                return None
-            return self.idle_timeout_s if entry.active else max(0.0, self.idle_timeout_s - (now - entry.last_used))
-
-    def remove(self, sid: str) -> None:
-        with self._lock:
-            self._get(sid)
-            del self._live[sid]
-
-    def _get(self, sid: str) -> _Entry:
-        self._sweep(time.monotonic())
-        entry = self._live.get(sid)
-        if entry is None:
-            if sid in self._expired:
-                raise HTTPException(410, self._expired[sid])
-            raise HTTPException(404, f"no session {sid!r} (unknown id, or deleted)")
-        return entry
-
-    @contextmanager
-    def use(self, sid: str) -> Iterator[Session]:
-        """Hold a session's lock for the duration of one request."""
-        with self._lock:
-            entry = self._get(sid)
-            entry.active += 1
-            entry.last_used = time.monotonic()
-            self._live.move_to_end(sid)
-        try:
-            with entry.lock:
-                yield entry.session
-        finally:
-            with self._lock:
-                entry.active -= 1
-                entry.last_used = time.monotonic()
-
-
-def _upload_suffix(filename: str) -> str:
-    name = filename.lower()
-    for suffix in UPLOAD_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    raise HTTPException(415, f"unsupported upload {filename!r}: expected a {', '.join(UPLOAD_SUFFIXES)} file")
-
-
-def resolve_under(root: Path | None, relative: str) -> Path:
-    """``relative`` inside ``root``, or HTTP 403 when it is absolute, has ``..`` or resolves outside."""
-    if root is None:
-        raise HTTPException(403, "path-based sessions are disabled: start the server with --data-root DIR")
-    if not relative or "\x00" in relative:
-        raise HTTPException(400, "empty or invalid path")
-    posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
-    if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith(("/", "\\", "~")):
-        raise HTTPException(
-            403, f"absolute paths are not allowed: {relative!r} (give a path relative to the data root)"
-        )
-    if ".." in posix.parts or ".." in windows.parts:
-        raise HTTPException(403, f"'..' is not allowed in paths: {relative!r}")
-    base = root.resolve()
-    try:
-        target = (base / posix).resolve()
-        if not target.is_relative_to(base):
-            raise HTTPException(403, f"{relative!r} resolves outside the data root")
-        if not target.exists():
-            raise HTTPException(404, f"no such file under the data root: {relative!r}")
-        if target.is_dir():  # a DICOM series folder: every entry must stay inside the root too
-            for entry in target.iterdir():
-                if not entry.resolve().is_relative_to(base):
-                    raise HTTPException(403, f"{relative!r} holds {entry.name!r}, which resolves outside the data root")
-            return target
-        if not target.is_file():
-            raise HTTPException(400, f"{relative!r} is not a file or a DICOM folder")
-    except OSError as e:  # e.g. a name longer than the file system allows (ENAMETOOLONG), a symlink loop
-        raise HTTPException(400, f"cannot open {relative[:80]!r}: {e.strerror or type(e).__name__}") from e
-    _upload_suffix(target.name)
-    return target
-
-
-class _BodyLimit:
-    """ASGI middleware: 413 once a request body passes its cap, counted as it streams in (a chunked upload
-    has no Content-Length to check first). Multipart uploads get ``upload_bytes`` (plus 1 MiB of part
-    headers), every other body :data:`MAX_JSON_BYTES`."""
-
-    def __init__(self, app: Any, upload_bytes: int) -> None:
-        self.app = app
-        self.upload_bytes = upload_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        # Multipart uploads and the nnInteractive protocol's packed arrays (octet-stream) carry images.
-        multipart = headers.get(b"content-type", b"").startswith((b"multipart/form-data", b"application/octet-stream"))
-        limit = self.upload_bytes + _CHUNK if multipart else MAX_JSON_BYTES
-        what = "upload larger than the limit" if multipart else f"request body larger than {MAX_JSON_BYTES >> 10} KiB"
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            await JSONResponse({"detail": what}, status_code=413)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise HTTPException(413, what)
-            return message
-
-        await self.app(scope, counted, send)
 
 
 def _result(session: Session, mask: Any, t0: float) -> PromptResult:

@@ -13,7 +13,7 @@ orientation: voxel axes are taken as RAS+), ``/set_target_buffer``, ``/add_point
 is the box of voxels that changed since the last answer (``X-Meta`` ``{"ran_prediction", "bbox"}``, body:
 that box of the 0/1 mask, packed), which the client writes into its target buffer.
 
-A lease is a volsam session of the same :class:`~volsam.serve.app.SessionStore` as the REST API: same
+A lease is a volsam session of the same :class:`~volsam.serve.store.SessionStore` as the REST API: same
 model, size limits, token, idle expiry, LRU eviction and per-session lock. An expired or evicted lease
 answers 410 (the client raises ``SessionExpiredError``); 503 when every session is busy
 (``ServerAtCapacityError``); 400 for bad input, 413 for bodies over the upload limit or arrays over
@@ -123,7 +123,7 @@ def nninteractive_router(
     max_voxels: int | None = MAX_VOXELS,
     licence: str = "!!MISSING!!",
 ) -> APIRouter:
-    """The protocol's routes over ``store`` (a :class:`~volsam.serve.app.SessionStore`); ``new_session``,
+    """The protocol's routes over ``store`` (a :class:`~volsam.serve.store.SessionStore`); ``new_session``,
     ``check_token``, ``max_bytes`` (body cap) and ``max_voxels`` (image cap, None: none) are the REST API's
     own, so both share limits and auth."""
     budget = max_voxels if max_voxels is not None else 1 << 62  # None: no limit (as create_app's max_voxels)

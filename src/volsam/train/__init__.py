@@ -3,8 +3,15 @@
 - :mod:`volsam.train.data`: :class:`~volsam.train.data.TrainDataset`, 128^3 windows at 1.5 mm around
   targets of a :func:`volsam.eval.datasets.load_dataset` dataset, with MONAI augmentation; every sample is a
   pure function of ``(seed, index)`` so runs resume exactly and shard across processes.
+  Around it: :mod:`~volsam.train.sample_augment` (per-window augmentation), :mod:`~volsam.train.cache`
+  (decoded volumes) and :mod:`~volsam.train.sampler` (each process's sample indices per step).
+- :mod:`volsam.train.augment`: the same kinds of augmentation per batch, on the training device.
 - :mod:`volsam.train.synth`: SynthSeg-style images generated from label maps alone.
-- :mod:`volsam.train.loop`: SAM-Med3D's interactive training recipe (``volsam train``).
+- :mod:`volsam.train.loop`: SAM-Med3D's interactive training recipe (``volsam train``), built from
+  :mod:`~volsam.train.config` (settings), :mod:`~volsam.train.tasks` (interaction losses and the trained
+  task), :mod:`~volsam.train.fit` (the step engine), :mod:`~volsam.train.validate` (validation Dice),
+  :mod:`~volsam.train.log` (``train_log.csv``), :mod:`~volsam.train.state` (RNG states, resuming) and
+  :mod:`~volsam.train.distributed` (torchrun).
 - :mod:`volsam.train.distill`: layer-wise progressive encoder distillation (``volsam distill``).
 
 Submodules are imported explicitly; importing this package loads nothing heavy.

@@ -22,27 +22,28 @@ volume to 1.5 mm first and cropping later would interpolate twice). Then:
 
 If a spatial augmentation leaves the target empty the un-augmented window is kept.
 
-Caching. Decoded volumes are kept in memory (LRU, bounded in bytes; DataLoader workers started with
-``fork`` share them copy-on-write) and, with ``cache_dir``, as ``.npy`` files that are memory-mapped, so
-repeated epochs and every worker read only the window they need and never decompress a file twice.
+Caching (:class:`~volsam.train.cache.ArrayCache`). Decoded volumes are kept in memory (LRU, bounded in
+bytes; DataLoader workers started with ``fork`` share them copy-on-write) and, with ``cache_dir``, as ``.npy``
+files that are memory-mapped, so repeated epochs and every worker read only the window they need and never
+decompress a file twice.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from volsam.atomic import atomic_path
 from volsam.eval.datasets import Case, Target, load_dataset, load_target_mask, resolve_targets, validate_case
 from volsam.io import read_image
+from volsam.train.cache import ArrayCache, _file_key
+from volsam.train.sample_augment import AugmentConfig, _elastic, _intensity_transforms, _plain, _spatial_transforms
+from volsam.train.sampler import StepSampler, make_loader
 from volsam.transforms import Window, extract_window, normalize_window, voxel_to_world
 
 if TYPE_CHECKING:
@@ -66,40 +67,6 @@ _STREAM_SAMPLE = 1
 
 class TrainingDataError(ValueError):
     """Training data that cannot be used (no usable case, image/label mismatch); one-line message."""
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation probabilities and ranges (MONAI transforms).
-
-    Attributes:
-        flip_prob: probability of a flip, per axis.
-        affine_prob: probability of a random rotation (+-``rotate_deg`` per axis) and scaling (1 +- ``scale``).
-        elastic_prob: probability of an elastic deformation: random displacements (std drawn from
-            ``elastic_magnitude``, voxels) on an ``elastic_grid``^3 control grid, upsampled trilinearly and
-            applied with ``grid_sample`` (about 0.2 s per 128^3 sample on one core; MONAI's dense
-            ``Rand3DElasticd`` costs 3-8 s there, so it is not used). Off by default.
-        elastic_magnitude: range of the displacement std, voxels.
-        elastic_grid: control points per axis.
-        intensity_prob: probability of each intensity transform (scale, shift, gamma, noise).
-        intensity_scale: multiply by 1 + U(-s, s).
-        intensity_shift: add U(-s, s) (units of the z-normalised image).
-        gamma: gamma range of ``RandAdjustContrastd``.
-        noise_std: maximum std of the added Gaussian noise.
-    """
-
-    flip_prob: float = 0.5
-    affine_prob: float = 0.3
-    rotate_deg: float = 15.0
-    scale: float = 0.15
-    elastic_prob: float = 0.0
-    elastic_magnitude: tuple[float, float] = (2.0, 5.0)
-    elastic_grid: int = 5
-    intensity_prob: float = 0.3
-    intensity_scale: float = 0.1
-    intensity_shift: float = 0.1
-    gamma: tuple[float, float] = (0.7, 1.5)
-    noise_std: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -132,70 +99,6 @@ class _CaseInfo:
     key: str
 
 
-def _file_key(*paths: Path, extra: str = "") -> str:
-    h = hashlib.sha1()
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_mtime_ns}|{st.st_size}|".encode())
-    h.update(extra.encode())
-    return h.hexdigest()[:20]
-
-
-class ArrayCache:
-    """Decoded arrays by key: in memory (LRU, at most ``max_bytes``) and, with ``cache_dir``, as ``.npy``.
-
-    Disk entries are written atomically and memory-mapped when read. Pickling (DataLoader workers started
-    with ``spawn``) drops the in-memory entries; they are re-read from disk or from the source files.
-    """
-
-    def __init__(self, cache_dir: str | Path | None = None, max_bytes: int = 4 << 30) -> None:
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.max_bytes = int(max_bytes)
-        self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"cache_dir": self.cache_dir, "max_bytes": self.max_bytes}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["cache_dir"], state["max_bytes"])  # type: ignore[misc]
-
-    def get(self, key: str, loader: Callable[[], np.ndarray]) -> np.ndarray:
-        """The array cached under ``key``, produced by ``loader()`` on a miss."""
-        if key in self._mem:
-            self._mem.move_to_end(key)
-            return self._mem[key]
-        arr = None
-        if self.cache_dir is not None:
-            path = self.cache_dir / f"{key}.npy"
-            if path.is_file():
-                try:
-                    arr = np.load(path, mmap_mode="r")
-                except (OSError, ValueError):
-                    arr = None
-            if arr is None:
-                self._write(path, loader())
-                arr = np.load(path, mmap_mode="r")
-        else:
-            arr = loader()
-        self._remember(key, arr)
-        return arr
-
-    def _write(self, path: Path, arr: np.ndarray) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr)
-
-    def _remember(self, key: str, arr: np.ndarray) -> None:
-        size = 0 if isinstance(arr, np.memmap) else int(arr.nbytes)
-        if size > self.max_bytes:
-            return
-        self._mem[key] = arr
-        self._bytes += size
-        while self._bytes > self.max_bytes and self._mem:
-            _, old = self._mem.popitem(last=False)
-            self._bytes -= 0 if isinstance(old, np.memmap) else int(old.nbytes)
-
-
 def _compact_image(arr: np.ndarray) -> np.ndarray:
     """Image voxels as stored when they are small integers, else float32 (window extraction casts anyway)."""
     if arr.dtype in (np.uint8, np.int8, np.int16, np.uint16):
@@ -220,73 +123,6 @@ def _compact_labels(arr: np.ndarray, path: Path) -> np.ndarray:
 
 def _is_derived(t: Target) -> bool:
     return t.label_path is not None or t.threshold is not None or t.largest_component
-
-
-def _spatial_transforms(cfg: AugmentConfig) -> Any:
-    from monai.transforms import Compose, RandAffined, RandFlipd
-
-    keys = ["image", "label"]
-    rot = float(np.deg2rad(cfg.rotate_deg))
-    ts: list[Any] = [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=ax) for ax in range(3)]
-    if cfg.affine_prob > 0:
-        ts.append(
-            RandAffined(
-                keys,
-                prob=cfg.affine_prob,
-                rotate_range=(rot, rot, rot),
-                scale_range=(cfg.scale, cfg.scale, cfg.scale),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
-    return Compose(ts)
-
-
-def _elastic(
-    image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smooth random deformation of [1, S, S, S] image (trilinear) and label (nearest), zero padding."""
-    import torch.nn.functional as F
-
-    s = image.shape[-1]
-    g = max(2, cfg.elastic_grid)
-    std = rng.uniform(*cfg.elastic_magnitude)
-    disp = torch.from_numpy(rng.normal(0.0, std, (1, 3, g, g, g)).astype(np.float32))
-    with torch.no_grad():
-        disp = F.interpolate(disp, size=(s, s, s), mode="trilinear", align_corners=True)[0] * (2.0 / (s - 1))
-        base = torch.linspace(-1.0, 1.0, s)
-        d, h, w = torch.meshgrid(base, base, base, indexing="ij")
-        grid = torch.stack([w + disp[2], h + disp[1], d + disp[0]], dim=-1)[None]  # grid_sample wants (x, y, z)
-        img = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-        lab = F.grid_sample(label[None], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0]
-    return img, lab
-
-
-def _intensity_transforms(cfg: AugmentConfig) -> Any:
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-    )
-
-    p = cfg.intensity_prob
-    return Compose(
-        [
-            RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=p),
-            RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=p),
-            RandAdjustContrastd("image", gamma=cfg.gamma, prob=p, retain_stats=True),
-            RandGaussianNoised("image", std=cfg.noise_std, prob=p),
-        ]
-    )
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """MONAI MetaTensor (or array) -> plain contiguous float32 tensor."""
-    if hasattr(x, "as_tensor"):
-        x = x.as_tensor()
-    return torch.as_tensor(x, dtype=torch.float32).contiguous()
 
 
 class TrainDataset(Dataset):
@@ -624,45 +460,3 @@ class SynthDataset(TrainDataset):
         cases = [Case(Path(p).name.split(".")[0], Path(p), Path(p)) for p in labels]  # images are never read
         kwargs["p_synth"] = 1.0
         super().__init__(cases, **kwargs)
-
-
-class StepSampler(Sampler[int]):
-    """Sample indices of steps ``[start_step, end_step)`` for one rank.
-
-    Step ``s`` consumes the global samples ``[s * G, (s + 1) * G)`` with ``G = batch_size * accum * world``;
-    micro-step ``m`` of rank ``r`` gets ``s * G + m * batch_size * world + r * batch_size + [0, batch_size)``.
-    Any process count with the same global batch therefore sees the same samples at the same step.
-    """
-
-    def __init__(self, start_step: int, end_step: int, batch_size: int, accum: int = 1, rank: int = 0, world: int = 1):
-        if batch_size < 1 or accum < 1 or world < 1 or not 0 <= rank < world:
-            raise ValueError(f"invalid sampler setup: batch {batch_size}, accum {accum}, rank {rank}/{world}")
-        self.start, self.end = int(start_step), int(end_step)
-        self.batch_size, self.accum, self.rank, self.world = batch_size, accum, rank, world
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.accum * self.world
-
-    def __iter__(self) -> Iterator[int]:
-        g, b = self.global_batch, self.batch_size
-        for s in range(self.start, self.end):
-            for m in range(self.accum):
-                base = s * g + m * b * self.world + self.rank * b
-                yield from range(base, base + b)
-
-    def __len__(self) -> int:
-        return max(0, self.end - self.start) * self.accum * self.batch_size
-
-
-def make_loader(dataset: Dataset, sampler: StepSampler, workers: int = 0) -> DataLoader:
-    """DataLoader yielding the per-rank micro-batches of ``sampler`` in order (``workers`` processes)."""
-    return DataLoader(
-        dataset,
-        batch_size=sampler.batch_size,
-        sampler=sampler,
-        num_workers=int(workers),
-        drop_last=False,
-        prefetch_factor=2 if workers > 0 else None,
-        persistent_workers=False,
-    )

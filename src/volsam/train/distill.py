@@ -24,10 +24,10 @@ neck could not be copied but its output has the teacher's shape, the last stage 
 ``MSE(neck_s, neck_t)`` (added to the block term).
 
 Decoder stage. The student encoder is frozen and the prompt encoder + mask decoder are fine-tuned with
-:mod:`volsam.train.loop`'s interaction rounds (a neck that could be neither copied nor distilled is
+:mod:`volsam.train.tasks`' interaction rounds (a neck that could be neither copied nor distilled is
 trained here too).
 
-Every stage is a phase of :func:`volsam.train.loop.fit`: one ``latest.pt`` (student weights, optimizer,
+Every stage is a phase of :func:`volsam.train.fit.fit`: one ``latest.pt`` (student weights, optimizer,
 phase, step, RNG states, projections) resumes the run at the exact step; ``student.pt`` holds the final
 student, loadable by ``volsam.build_model(student_name, checkpoint=...)``.
 """
@@ -46,21 +46,14 @@ from torch import nn
 
 from volsam.checkpoint import CheckpointError, save_checkpoint
 from volsam.modeling import Sam3D
+from volsam.train.config import TrainConfig
 from volsam.train.data import TrainDataset
-from volsam.train.loop import (
-    FitResult,
-    InteractiveTask,
-    Phase,
-    TrainConfig,
-    TrainLog,
-    _autocast,
-    dist_info,
-    fit,
-    load_model_state,
-    load_resume,
-    make_validator,
-    resolve_device,
-)
+from volsam.train.distributed import dist_info, resolve_device
+from volsam.train.fit import FitResult, Phase, fit
+from volsam.train.log import TrainLog
+from volsam.train.state import load_model_state, load_resume
+from volsam.train.tasks import InteractiveTask, _autocast
+from volsam.train.validate import make_validator
 
 __all__ = [
     "COPYABLE_PARTS",
@@ -393,7 +386,8 @@ def _load_teacher(spec: str, decoder_checkpoint: str | None, trust: bool) -> tup
 def run_distill(args: argparse.Namespace) -> int:
     """``volsam distill``: inputs are checked before the first step."""
     from volsam.registry import build_model, list_models
-    from volsam.train.loop import _echo, config_from_args, datasets_from_args, init_distributed_from_env
+    from volsam.train.distributed import init_distributed_from_env
+    from volsam.train.loop import _echo, config_from_args, datasets_from_args
 
     created = init_distributed_from_env(args.device)
     try:

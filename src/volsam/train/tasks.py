@@ -1,0 +1,281 @@
+"""What the training loop optimises: the interaction recipes' losses on one micro-batch and the :class:`Task`
+that :func:`volsam.train.fit.fit` trains (:class:`InteractiveTask`: SAM-Med3D's interactive training).
+
+Per micro-batch: encode the windows once, then ``rounds`` interaction rounds. Round 0 clicks a random
+voxel of the target (:func:`volsam.prompts.first_click`); later rounds click on the current error with the
+simulator evaluation uses (:func:`volsam.prompts.simulate_click`, ``"random"`` by default) at the 128^3
+window resolution, except ``mask_only_rounds`` rounds (the last one and random middle ones, as
+SAM-Med3D does) that add no click. Every round the decoder gets all clicks so far and the previous
+round's low-res logits (detached; zeros in round 0) as the mask prompt. The loss (SAM-Med3D's
+``DiceCELoss(sigmoid=True)`` by default, :mod:`volsam.train.losses`) is taken on the upsampled
+[B, 1, 128^3] logits and summed over rounds. The default ``correction`` recipe
+(:func:`correction_loss`, :class:`~volsam.train.config.TrainConfig`) trains one round after k
+correction rounds run without gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from volsam.modeling import PromptableModel
+from volsam.prompts import first_click, simulate_click
+from volsam.train.config import _STREAM_AUGMENT, _STREAM_CLICKS, _STREAM_ROUNDS, TrainConfig
+from volsam.train.losses import make_loss
+
+__all__ = ["InteractiveTask", "Task", "correction_loss", "interaction_loss", "mask_only_round_set"]
+
+
+def mask_only_round_set(rounds: int, count: int, rng: np.random.Generator) -> set[int]:
+    """Rounds without a new click: the last round, then ``count - 1`` random rounds among 1..rounds-2."""
+    if count <= 0 or rounds < 2:
+        return set()
+    out = {rounds - 1}
+    middle = np.arange(1, rounds - 1)
+    k = min(count - 1, len(middle))
+    if k > 0:
+        out.update(int(r) for r in rng.choice(middle, size=k, replace=False))
+    return out
+
+
+def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _append_clicks(
+    coords: list[list[tuple[float, float, float]]], labels: list[list[int]], clicks: Sequence[Any]
+) -> None:
+    """Append one click per sample (label 1/0); None (a perfect prediction, an empty target or a box-only
+    first prompt) becomes a padding point (label -1), which keeps the batch's shapes aligned."""
+    for k, c in enumerate(clicks):
+        if c is None:
+            coords[k].append((0.0, 0.0, 0.0))
+            labels[k].append(-1)
+        else:
+            coords[k].append(c.point)
+            labels[k].append(1 if c.positive else 0)
+
+
+def interaction_loss(
+    model: PromptableModel,
+    emb: torch.Tensor,
+    target: torch.Tensor,
+    indices: Iterable[int],
+    step: int,
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, list[float]]:
+    """Simulated interaction on one micro-batch.
+
+    Args:
+        model: the model (its prompt encoder and decoder run ``cfg.rounds`` times).
+        emb: image embeddings [B, C, G, G, G].
+        target: target windows [B, 1, S, S, S] (float 0/1).
+        indices: the B global sample indices (seed each sample's clicks).
+        step: optimizer step (seeds which rounds are mask-only).
+        cfg: rounds, mask-only rounds, click protocol, seed, amp.
+        loss_fn: loss of upsampled logits [B, 1, S, S, S] vs ``target``.
+
+    Returns:
+        The loss summed over rounds (a graph to backpropagate) and each round's loss value.
+    """
+    b = emb.shape[0]
+    device = emb.device
+    gt = (target[:, 0] > 0.5).cpu().numpy()
+    rngs = [np.random.default_rng([cfg.seed, _STREAM_CLICKS, int(i)]) for i in indices]
+    mask_only = mask_only_round_set(
+        cfg.rounds, cfg.mask_only_rounds, np.random.default_rng([cfg.seed, _STREAM_ROUNDS, step])
+    )
+    coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
+    labels: list[list[int]] = [[] for _ in range(b)]
+    prev = model.no_mask_prompt(b, device)
+    pred: np.ndarray | None = None
+    total: torch.Tensor | None = None
+    per_round: list[float] = []
+    for r in range(cfg.rounds):
+        if r == 0:
+            clicks = [first_click(gt[k], rngs[k], "random") for k in range(b)]
+        elif r in mask_only:
+            clicks = None
+        else:
+            assert pred is not None
+            clicks = [simulate_click(cfg.click_protocol, pred[k], gt[k], rngs[k]) for k in range(b)]
+        if clicks is not None:
+            _append_clicks(coords, labels, clicks)
+        ct = torch.tensor(coords, dtype=torch.float32, device=device)
+        lt = torch.tensor(labels, dtype=torch.long, device=device)
+        with _autocast(device, cfg.amp):
+            low, _ = model.decode(emb, ct, lt, prev)
+        up = model.upsample_logits(low.float())
+        loss = loss_fn(up, target)
+        total = loss if total is None else total + loss
+        per_round.append(float(loss.detach()))
+        prev = low.detach().float()
+        if r + 1 < cfg.rounds and (r + 1) not in mask_only:
+            pred = (up.detach()[:, 0] > 0).cpu().numpy()
+    assert total is not None
+    return total, per_round
+
+
+def _box_channel(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The target's bounding box as a filled mask (S, S, S) float32, each face jittered by up to 2 voxels;
+    half the time a box drawn on one slice (the middle one of a random axis), as viewers draw them."""
+    idx = np.argwhere(gt)
+    lo, hi = idx.min(0), idx.max(0)
+    jit = rng.integers(-2, 3, size=(2, 3))
+    s = np.asarray(gt.shape)
+    lo, hi = np.clip(lo + jit[0], 0, s - 1), np.clip(hi + jit[1], 0, s - 1)
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    if rng.random() < 0.5:
+        axis = int(rng.integers(3))
+        mid = int(np.median(idx[:, axis]))
+        lo[axis] = hi[axis] = mid
+    out = np.zeros(gt.shape, dtype=np.float32)
+    out[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1.0
+    return out
+
+
+def correction_loss(
+    model: PromptableModel,
+    emb: torch.Tensor,
+    target: torch.Tensor,
+    indices: Iterable[int],
+    step: int,
+    cfg: TrainConfig,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, list[float]]:
+    """The ``correction`` recipe on one micro-batch: a first prompt, k correction clicks run without gradient
+    (k uniform in 0..``cfg.corrections_at(step)``, the same k for the batch), then one more click whose
+    prediction is trained. Every round sees all clicks so far and the previous logits, as at inference.
+
+    Args and returns as :func:`interaction_loss` (the per-round list holds the one trained round's loss).
+    """
+    b = emb.shape[0]
+    device = emb.device
+    gt = (target[:, 0] > 0.5).cpu().numpy()
+    rngs = [np.random.default_rng([cfg.seed, _STREAM_CLICKS, int(i)]) for i in indices]
+    k = int(np.random.default_rng([cfg.seed, _STREAM_ROUNDS, step]).integers(cfg.corrections_at(step) + 1))
+    coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
+    labels: list[list[int]] = [[] for _ in range(b)]
+    dense = None
+    use_box = [model.kind == "fusion" and cfg.box_prob > 0 and rngs[j].random() < cfg.box_prob for j in range(b)]
+    if any(use_box):
+        boxes = np.stack([_box_channel(gt[j], rngs[j]) if use_box[j] else np.zeros(gt[j].shape, np.float32)
+                          for j in range(b)])
+        dense = {"box_pos": torch.from_numpy(boxes)[:, None].to(device)}
+
+    def run(prev: torch.Tensor | None) -> torch.Tensor:
+        ct = torch.tensor(coords, dtype=torch.float32, device=device)
+        lt = torch.tensor(labels, dtype=torch.long, device=device)
+        extra = {} if dense is None else {"dense_prompts": dense}
+        with _autocast(device, cfg.amp):
+            low, _ = model.decode(emb, ct, lt, prev, **extra)
+        return low.float()
+
+    _append_clicks(coords, labels, [None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)])
+    prev = model.no_mask_prompt(b, device)
+    for _ in range(k):
+        with torch.no_grad():
+            prev = run(prev)
+            pred = (model.upsample_logits(prev)[:, 0] > 0).cpu().numpy()
+        protocols = ["cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol for j in range(b)]
+        _append_clicks(coords, labels, [simulate_click(protocols[j], pred[j], gt[j], rngs[j]) for j in range(b)])
+    low = run(prev)
+    loss = loss_fn(model.upsample_logits(low), target)
+    return loss, [float(loss.detach())]
+
+
+class Task(Protocol):
+    """What :func:`~volsam.train.fit.fit` trains: a model, its trainable parameter groups and a loss per micro-batch."""
+
+    model: PromptableModel
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def train_mode(self) -> None: ...
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
+
+
+class InteractiveTask:
+    """SAM-Med3D's interactive training of the parts of ``model`` named in ``trainable``.
+
+    Args:
+        model: the model (moved to ``device`` by the caller).
+        cfg: settings (lr, encoder_lr, rounds, ...).
+        device: where batches go.
+        trainable: top-level parameter-name prefixes to train; everything else is frozen. With no
+            ``image_encoder`` prefix the encoder runs under ``no_grad`` (distillation's decoder stage).
+    """
+
+    def __init__(
+        self,
+        model: PromptableModel,
+        cfg: TrainConfig,
+        device: torch.device,
+        trainable: Sequence[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        # Default: everything (SAM: image_encoder, prompt_encoder, mask_decoder; early fusion: net).
+        self.trainable = tuple(trainable) if trainable is not None else tuple(n for n, _ in model.named_children())
+        self.loss_fn = make_loss(cfg.loss, cfg.ce_weight)
+        self.encoder_trains = any(t.startswith("image_encoder") for t in self.trainable)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(self.trainable))
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        enc, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (enc if name.startswith("image_encoder") else rest).append(p)
+        groups = []
+        if rest:
+            groups.append({"params": rest, "lr": self.cfg.lr, "name": "decoder"})
+        if enc:
+            groups.append({"params": enc, "lr": self.cfg.enc_lr, "name": "encoder"})
+        return groups
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if not self.encoder_trains:
+            self.model.image_encoder.eval()
+
+    def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        image = batch["image"].to(self.device, non_blocking=True)
+        target = batch["target"].to(self.device, non_blocking=True)
+        if self.cfg.batch_augment:
+            from volsam.train.augment import augment_batch
+
+            seed = np.random.default_rng([self.cfg.seed, _STREAM_AUGMENT, step]).integers(2**62)
+            gen = torch.Generator().manual_seed(int(seed))
+            image, target = augment_batch(image, target, gen)
+        grad = torch.enable_grad() if self.encoder_trains else torch.no_grad()
+        with grad, _autocast(self.device, self.cfg.amp):
+            emb = self.model.image_encoder(image)
+        indices = [int(i) for i in batch["index"]]
+        t = target.shape[1]
+        if t > 1:  # several targets per window (TrainDataset.extra_targets): one encoder pass, T decodes
+            emb = emb.repeat_interleave(t, dim=0)
+            target = target.reshape(-1, 1, *target.shape[2:])
+            indices = [i + (k << 40) for i in indices for k in range(t)]  # k = 0 keeps the one-target seeds
+        fn = correction_loss if self.cfg.recipe == "correction" else interaction_loss
+        loss, per_round = fn(self.model, emb, target, indices, step, self.cfg, self.loss_fn)
+        return loss, {"loss_first": per_round[0], "loss_last": per_round[-1]}
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
