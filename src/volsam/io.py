@@ -256,6 +256,10 @@ def _check_data_files(p: Path, files: tuple[Path, ...], policy: DataFilePolicy) 
             raise DetachedDataError(f"{p} names a data file outside the data root: {what}, or name one inside it")
 
 
+MAX_META_DIMS = 16
+"""Largest ``NDims`` a MetaImage header may declare (ITK images have at most a few; volsam reads 3 or 4)."""
+
+
 def _header_lines(p: Path) -> Iterator[bytes]:
     """The lines of ``p`` (without line ends) up to :data:`MAX_HEADER_BYTES`; ImageReadError past that."""
     read = 0
@@ -288,6 +292,8 @@ def _data_files(p: Path, fmt: str) -> tuple[Path, ...]:
         if not sep:
             continue
         name = key.lower().replace(b" ", b"").replace(b"\t", b"")
+        if not nrrd and name == b"ndims":
+            _check_ndims(p, value.strip())
         if nrrd and name == b"datafile":
             spec = value.lstrip(b"=").strip()
             break
@@ -302,6 +308,14 @@ def _data_files(p: Path, fmt: str) -> tuple[Path, ...]:
     if spec is None or (not nrrd and spec.upper() == b"LOCAL"):
         return ()
     return _expand_data_files(p, spec, lines)
+
+
+def _check_ndims(p: Path, value: bytes) -> None:
+    """A MetaImage ``NDims`` must be an integer 1..MAX_META_DIMS: MetaIO (SimpleITK 2.x) never returns from a
+    negative NDims followed by a DimSize line, so such a header must not reach it."""
+    if not value.isdigit() or not 1 <= int(value) <= MAX_META_DIMS:
+        shown = value[:20].decode("ascii", "replace")
+        raise ImageReadError(f"{p} declares NDims = {shown!r}; expected an integer from 1 to {MAX_META_DIMS}")
 
 
 def _split_field(line: bytes) -> tuple[bytes, bytes, bytes]:
