@@ -58,7 +58,11 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
 
 
 def augment_batch(
-    image: torch.Tensor, target: torch.Tensor, generator: torch.Generator, cfg: BatchAugmentConfig | None = None
+    image: torch.Tensor,
+    target: torch.Tensor,
+    generator: torch.Generator,
+    cfg: BatchAugmentConfig | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly augmented copies of a batch.
 
@@ -67,6 +71,8 @@ def augment_batch(
         target: [B, T, S, S, S] 0/1 targets.
         generator: CPU generator (seed it per step for reproducible runs).
         cfg: ranges (defaults when None).
+        noise_generator: a generator on the batch's device for the voxel-wise noise (None: ``generator``,
+            which draws it on the CPU and copies it over: 64 MB a step for 64 windows of 64^3 on a GPU).
 
     Returns:
         (image, target) of the same shapes; a sample whose first target would leave the window is returned
@@ -112,5 +118,9 @@ def augment_batch(
     img = ((img - lo) / span).clamp(0, 1) ** gamma * span + lo
     contrast = cfg.contrast[0] + rand(b).view(b, 1, 1, 1, 1) * (cfg.contrast[1] - cfg.contrast[0])
     img = img * contrast + randn(b).view(b, 1, 1, 1, 1) * cfg.brightness_std
-    img = img + randn(*img.shape) * (rand(b) * cfg.noise_max).view(b, 1, 1, 1, 1)
+    if noise_generator is None:
+        noise = randn(*img.shape)
+    else:
+        noise = torch.randn(img.shape, generator=noise_generator, device=dev)
+    img = img + noise * (rand(b) * cfg.noise_max).view(b, 1, 1, 1, 1)
     return img.contiguous(), tgt.contiguous()
