@@ -55,13 +55,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    import torch
 
     from volsam.registry import build_model
     from volsam.train.data import TrainDataset
     from volsam.train.validate import evaluate
 
-    torch.set_grad_enabled(False)
     ds = TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=args.seed)
     for ckpt in args.model:
         t = time.perf_counter()
@@ -103,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(fn=_validate)
     args = ap.parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"train_default_gpu.py {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

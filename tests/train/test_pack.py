@@ -53,3 +53,11 @@ def test_pack_rejects_bad_arguments_and_files(toy_data: Path, tmp_path: Path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="not a volsam pack"):
         read_pack(tmp_path / "other.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="a single array"):
+        read_pack(tmp_path / "one.npy")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a volsam pack"):
+        read_pack(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="no such file"):
+        read_pack(tmp_path / "missing.npz")

@@ -25,7 +25,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from volsam.modeling.fusion import FusionSeg3D
 from volsam.train.augment import augment_batch
 from volsam.train.device_data import PackedVolumes
 from volsam.train.losses import make_loss
+from volsam.train.tasks import _autocast
 
 __all__ = ["DeviceTrainConfig", "box_channel", "correction_step", "interior_voxels", "random_voxels", "train_on_device"]
 
@@ -143,10 +143,6 @@ def box_channel(gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     inside = [(ar[None] >= lo_t[:, a, None]) & (ar[None] <= hi_t[:, a, None]) for a in range(3)]
     box = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
     return box[:, None].float()
-
-
-def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
 
 
 def correction_step(

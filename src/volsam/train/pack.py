@@ -157,7 +157,16 @@ def read_pack(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     Raises:
         ValueError: not such a file.
     """
-    with np.load(path) as z:
+    expected = "expected an .npz written by volsam.train.pack.pack_dataset"
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file; {expected}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: not a volsam pack ({str(e).splitlines()[0][:80]}); {expected}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not a volsam pack (a single array); {expected}")
+    with z:
         arrays = {k: z[k] for k in z.files}
     if "meta" not in arrays:
         raise ValueError(f"{path}: not a volsam pack (no 'meta'); expected a file written by pack_dataset")

@@ -1,0 +1,48 @@
+"""scripts/train_default_gpu.py end to end on the CPU: pack a toy dataset, train volsam_fusion for a few
+seconds from the shipped weights, validate the result (the steps the GPU call runs, at toy size)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.train import one_thread, write_dataset
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_default_gpu", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pack_train_validate(script, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    data = write_dataset(tmp_path / "toy")
+    pack = tmp_path / "pack.npz"
+    with one_thread():
+        assert script.main(["pack", str(data), str(pack), "--fg-samples", "16"]) == 0
+        assert "6 targets" in capsys.readouterr().out
+        out = tmp_path / "run"
+        args = ["train", "--pack", str(pack), "--out", str(out), "--minutes", "0.08", "--probe-s", "1",
+                "--batch-sizes", "1", "--window", "32", "--jitter", "8", "--max-corrections", "1"]
+        assert script.main(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["batch_size"] == 1 and summary["steps"] >= 1 and summary["device"] == "cpu"
+        capsys.readouterr()
+        assert script.main(["validate", str(data), str(out / "final.safetensors"), "--clicks", "2"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "6 targets, Dice at clicks 1..2:" in line
+
+
+def test_train_refuses_a_file_that_is_not_a_pack(script, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"not a zip")
+    assert script.main(["train", "--pack", str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a volsam pack" in err and "pack_dataset" in err
