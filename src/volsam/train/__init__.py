@@ -13,6 +13,9 @@
   :mod:`~volsam.train.log` (``train_log.csv``), :mod:`~volsam.train.state` (RNG states, resuming) and
   :mod:`~volsam.train.distributed` (torchrun).
 - :mod:`volsam.train.distill`: layer-wise progressive encoder distillation (``volsam distill``).
+- :mod:`volsam.train.pack`, :mod:`~volsam.train.device_data`, :mod:`~volsam.train.device_loop`: a dataset
+  packed into one file, and time-budgeted training with windows, contrasts and clicks generated on the
+  accelerator (``scripts/train_default_gpu.sh``).
 
 Submodules are imported explicitly; importing this package loads nothing heavy.
 """
