@@ -61,3 +61,18 @@ def test_pack_rejects_bad_arguments_and_files(toy_data: Path, tmp_path: Path):
         read_pack(tmp_path / "junk.npz")
     with pytest.raises(ValueError, match="no such file"):
         read_pack(tmp_path / "missing.npz")
+
+
+def test_a_largest_label_lost_to_resampling_is_dropped(tmp_path: Path):
+    """A one-voxel label at 0.5 mm, the largest value, that the 1.5 mm grid misses: dropped, not an IndexError."""
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    label = np.zeros((30, 30, 30), np.uint8)
+    label[5:25, 5:25, 5:25] = 1
+    label[4, 4, 4] = 9
+    affine = np.diag([0.5, 0.5, 0.5, 1.0])
+    nib.save(nib.Nifti1Image(label.astype(np.float32) * 100 + 10, affine), str(tmp_path / "images" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "labels" / "a.nii.gz"))
+    pack_dataset(tmp_path, tmp_path / "p.npz", fg_samples=8)
+    meta, arrays = read_pack(tmp_path / "p.npz")
+    assert meta["target_names"] == ["label_1"] and arrays["targets"].shape == (1, 2)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from volsam.atomic import atomic_path
 from volsam.transforms import Window, extract_window, voxel_to_world
@@ -55,12 +56,6 @@ def _covering_window(shape: tuple[int, ...], affine: np.ndarray, spacing: float)
     centre = (lo + hi) / 2
     # Window voxel size // 2 sits on its centre; shift by half a voxel for even sizes so the volume is centred.
     return Window(centre + (0.5 * spacing if size % 2 == 0 else 0.0), size=size, spacing=spacing)
-
-
-def _crop_box(valid: np.ndarray) -> tuple[slice, ...]:
-    idx = np.argwhere(valid)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
 def pack_dataset(
@@ -106,7 +101,7 @@ def pack_dataset(
     for ci, info in enumerate(ds.cases):
         window = _covering_window(info.shape, info.affine, spacing)
         valid = extract_window(np.ones(info.shape, np.uint8), info.affine, window, order=0) > 0.5
-        box = _crop_box(valid)
+        box = ndimage.find_objects(valid.astype(np.uint8))[0]  # the scanned region's bounding box
         lab = extract_window(ds._label(ci), info.affine, window, order=0)[box]
         img = extract_window(ds._image(ci), info.affine, window, order=1)[box]
         values, compact = np.unique(np.rint(lab).astype(np.int64), return_inverse=True)
@@ -128,10 +123,9 @@ def pack_dataset(
         case_meta.append({"name": info.case.name, "image": image_of[key], "shape": list(lab.shape)})
         for e in (e for e in ds.entries if e.case_index == ci):
             v = int(np.searchsorted(values, int(e.target.value)))
-            mask = arrays[f"label_{ci}"] == v
-            idx = np.argwhere(mask)
-            if values[v] != int(e.target.value) or len(idx) == 0:
+            if v == len(values) or values[v] != int(e.target.value):
                 continue  # too small to survive resampling to the packed grid
+            idx = np.argwhere(arrays[f"label_{ci}"] == v)
             pick = rng.choice(len(idx), fg_samples, replace=len(idx) < fg_samples)
             targets.append((ci, v))
             voxels.append(len(idx))
