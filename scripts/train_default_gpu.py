@@ -46,26 +46,54 @@ def _train(args: argparse.Namespace) -> int:
         amp=not args.fp32,
     )
     t = time.perf_counter()
-    data = PackedVolumes(args.pack, device, window=args.window, jitter=args.jitter, p_synth=args.p_synth)
+    weights = _case_weights(args.case_weight)
+    data = PackedVolumes(
+        args.pack, device, window=args.window, jitter=args.jitter, p_synth=args.p_synth, case_weights=weights
+    )
     print(f"data: {data.describe()} (loaded in {time.perf_counter() - t:.1f} s)", flush=True)
+    if weights is not None:
+        shares: dict[str, float] = {}
+        for name, v in data.sampling_shares().items():
+            shares[name.split("_")[0]] = shares.get(name.split("_")[0], 0.0) + v
+        print("draws by source: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()), flush=True)
     model = build_model("volsam_fusion", args.init)
     summary = train_on_device(model, data, cfg, args.out, log=lambda m: print(m, flush=True))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
     return 0
 
 
-def _validate(args: argparse.Namespace) -> int:
+def _case_weights(items: list[str] | None) -> dict[str, float] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        prefix, sep, value = item.partition("=")
+        try:
+            out[prefix] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not prefix:
+            raise ValueError(f"--case-weight expects PREFIX=WEIGHT (e.g. shapes_=0.4), got {item!r}")
+    return out
 
+
+def _validate(args: argparse.Namespace) -> int:
     from volsam.registry import build_model
     from volsam.train.data import TrainDataset
     from volsam.train.validate import evaluate
 
-    ds = TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=args.seed)
     for ckpt in args.model:
         t = time.perf_counter()
-        r = evaluate(build_model("volsam_fusion", ckpt), ds, clicks=args.clicks, seed=args.seed, device="cpu")
-        dice = " / ".join(f"{d:.3f}" for d in r["per_click"])
-        print(f"{ckpt}: {len(ds)} targets, Dice at clicks 1..{args.clicks}: {dice} ({time.perf_counter() - t:.0f} s)")
+        model = build_model("volsam_fusion", ckpt)
+        runs = []
+        for seed in args.seed:  # one seed: the same windows and clicks for every model
+            ds = TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=seed)
+            runs.append(evaluate(model, ds, clicks=args.clicks, seed=seed, device="cpu")["per_click"])
+        mean = [sum(r[c] for r in runs) / len(runs) for c in range(args.clicks)]
+        dice = " / ".join(f"{d:.3f}" for d in mean)
+        seeds = ",".join(str(s) for s in args.seed)
+        print(f"{ckpt}: {len(ds)} targets, seed(s) {seeds}, Dice at clicks 1..{args.clicks}: {dice} "
+              f"(mean of @1 and @{args.clicks}: {(mean[0] + mean[-1]) / 2:.3f}; {time.perf_counter() - t:.0f} s)")
     return 0
 
 
@@ -90,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--window", type=int, default=64)
     t.add_argument("--jitter", type=int, default=16, help="window-centre jitter, voxels")
     t.add_argument("--p-synth", type=float, default=0.4)
+    t.add_argument("--case-weight", action="append", metavar="PREFIX=W",
+                   help="draw the targets of cases whose name starts with PREFIX W times as often (repeatable)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="default: cuda when available")
     t.add_argument("--fp32", action="store_true", help="no bf16 autocast")
@@ -98,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("data", help="validation dataset (build_default_data.py's OUT/validation)")
     v.add_argument("model", nargs="+", help="weights files (.safetensors or checkpoints)")
     v.add_argument("--clicks", type=int, default=5)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, nargs="+", default=[0], help="click seeds; several: Dice averaged over them")
     v.set_defaults(fn=_validate)
     args = ap.parse_args(argv)
     try:

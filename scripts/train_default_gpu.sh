@@ -17,12 +17,6 @@ OUT=${OUT:-runs/gpu}
 MINUTES=${MINUTES:-8}
 INIT=${INIT:-src/volsam/weights/volsam_fusion.safetensors}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv 2>/dev/null || true
-python3 -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)"
+source scripts/gpu_env.sh
 python3 scripts/train_default_gpu.py train --pack .gpu/pack.npz --init "$INIT" --minutes "$MINUTES" --out "$OUT" "$@" \
     2>&1 | tee "$OUT/stdout.log"

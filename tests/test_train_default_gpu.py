@@ -30,14 +30,17 @@ def test_pack_train_validate(script, tmp_path: Path, capsys: pytest.CaptureFixtu
         assert "6 targets" in capsys.readouterr().out
         out = tmp_path / "run"
         args = ["train", "--pack", str(pack), "--out", str(out), "--minutes", "0.08", "--probe-s", "1",
-                "--batch-sizes", "1", "--window", "32", "--jitter", "8", "--max-corrections", "1"]
+                "--batch-sizes", "1", "--window", "32", "--jitter", "8", "--max-corrections", "1",
+                "--case-weight", "case0=0"]
         assert script.main(args) == 0
+        assert "draws by source: case0 0.0%, case1 " in capsys.readouterr().out
         summary = json.loads((out / "summary.json").read_text())
         assert summary["batch_size"] == 1 and summary["steps"] >= 1 and summary["device"] == "cpu"
         capsys.readouterr()
-        assert script.main(["validate", str(data), str(out / "final.safetensors"), "--clicks", "2"]) == 0
+        weights = str(out / "final.safetensors")
+        assert script.main(["validate", str(data), weights, "--clicks", "2", "--seed", "0", "1"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "6 targets, Dice at clicks 1..2:" in line
+    assert "6 targets, seed(s) 0,1, Dice at clicks 1..2:" in line and "mean of @1 and @2" in line
 
 
 def test_train_refuses_a_file_that_is_not_a_pack(script, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -46,3 +49,11 @@ def test_train_refuses_a_file_that_is_not_a_pack(script, tmp_path: Path, capsys:
     assert script.main(["train", "--pack", str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a volsam pack" in err and "pack_dataset" in err
+
+
+@pytest.mark.parametrize("item", ["shapes_", "=2", "shapes_=x"])
+def test_train_refuses_a_malformed_case_weight(script, tmp_path: Path, capsys: pytest.CaptureFixture[str], item: str):
+    args = ["train", "--pack", str(tmp_path / "p.npz"), "--out", str(tmp_path / "o"), "--case-weight", item]
+    assert script.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "PREFIX=WEIGHT" in err

@@ -67,3 +67,25 @@ def test_packed_volumes_check_their_arguments(packed: Path):
         PackedVolumes(packed, window=32, jitter=16)
     with pytest.raises(ValueError, match="p_synth must be in"):
         PackedVolumes(packed, window=32, jitter=4, p_synth=2.0)
+
+
+def test_case_weights_set_the_draws_per_source(packed: Path):
+    data = PackedVolumes(packed, window=32, jitter=8, p_synth=0.0, case_weights={"case0": 0.0, "case1": 3.0})
+    names = [c["name"] for c in data.meta["cases"]]
+    shares = data.sampling_shares()
+    assert shares["case0"] == 0.0 and shares["case1"] > shares[names[-1]] > 0.0
+    g, dg = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    drawn = torch.cat([data.sample(8, g, dg).target_index for _ in range(4)])
+    cases = {names[int(c)] for c in data.targets[drawn, 0]}
+    assert "case0" not in cases and "case1" in cases
+    uniform = PackedVolumes(packed, window=32, jitter=8, p_synth=0.0)
+    assert all(abs(v - 1 / len(names)) < 0.5 for v in uniform.sampling_shares().values())
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [({"nope": 1.0}, "matches no case"), ({"case": -1.0}, "must be >= 0"), ({"case": 0.0}, "no target to draw")],
+)
+def test_case_weights_are_checked(packed: Path, weights: dict[str, float], message: str):
+    with pytest.raises(ValueError, match=message):
+        PackedVolumes(packed, window=32, jitter=8, case_weights=weights)

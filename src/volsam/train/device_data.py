@@ -1,18 +1,19 @@
 """Training windows drawn on the training device from a packed dataset (:mod:`volsam.train.pack`).
 
-Everything a CPU data loader does per sample happens here per batch, in torch, where the model runs:
-the whole packed dataset sits in device memory; a batch picks targets uniformly, centres each window on
-one of the target's stored foreground voxels moved by a uniform jitter (at most ``jitter`` voxels per
-axis, so the voxel stays ``window / 2 - jitter`` voxels inside), crops image and label map (zero outside
-the scanned volume, as :func:`volsam.transforms.extract_window` pads), replaces some images by
+Everything a CPU data loader does per sample happens here per batch, in torch, where the model runs: the whole
+packed dataset sits in device memory; a batch picks targets uniformly (or with per-source weights), centres
+each window on one of the target's stored foreground voxels moved by a uniform jitter (at most ``jitter``
+voxels per axis, so the voxel stays ``window / 2 - jitter`` voxels inside), crops image and label map (zero
+outside the scanned volume, as :func:`volsam.transforms.extract_window` pads), replaces some images by
 SynthSeg-style contrasts generated from the label window (:func:`synth_images`, the generative model of
 :mod:`volsam.train.synth` in batched torch) and normalises each window as inference does
-(:func:`normalize_windows`). The packed grid is the model's (RAS+-aligned, isotropic), so no
-resampling happens here; spatial augmentation is :func:`volsam.train.augment.augment_batch`.
+(:func:`normalize_windows`). The packed grid is the model's (RAS+-aligned, isotropic), so no resampling
+happens here; spatial augmentation is :func:`volsam.train.augment.augment_batch`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,10 +149,13 @@ class PackedVolumes:
         jitter: largest per-axis offset of the window centre from the chosen foreground voxel, voxels.
         p_synth: probability that a sample's image is synthetic.
         synth: ranges of the synthetic contrasts.
+        case_weights: relative sampling weight of the targets of every case whose name starts with a key
+            (e.g. ``{"shapes_": 0.4}``: procedural shapes drawn 0.4 times as often as other targets); the
+            first matching key counts, other targets weigh 1. None: targets drawn uniformly.
 
     Raises:
-        ValueError: ``jitter`` leaves the chosen voxel closer than 1 voxel to the window's border, or
-            ``p_synth`` outside [0, 1].
+        ValueError: ``jitter`` leaves the chosen voxel closer than 1 voxel to the window's border,
+            ``p_synth`` outside [0, 1], or a case weight negative, matching no case, or leaving no target.
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class PackedVolumes:
         jitter: int = 16,
         p_synth: float = 0.4,
         synth: SynthConfig | None = None,
+        case_weights: Mapping[str, float] | None = None,
     ) -> None:
         if not 0 <= jitter < window // 2:
             raise ValueError(f"jitter must be in [0, {window // 2 - 1}] voxels for a {window}^3 window, got {jitter}")
@@ -188,6 +193,28 @@ class PackedVolumes:
         self.shapes = [tuple(c["shape"]) for c in cases]
         self.targets = torch.from_numpy(arrays["targets"]).long()
         self.fg = torch.from_numpy(arrays["fg"]).long()
+        self.weights = None if case_weights is None else self._target_weights(case_weights)
+
+    def _target_weights(self, case_weights: Mapping[str, float]) -> torch.Tensor:
+        names = [str(c["name"]) for c in self.meta["cases"]]
+        for prefix, w in case_weights.items():
+            if not w >= 0:
+                raise ValueError(f"case weight for {prefix!r} must be >= 0, got {w}")
+            hits = [i for i, n in enumerate(names) if n.startswith(prefix)]
+            if not hits:
+                raise ValueError(f"case weight prefix {prefix!r} matches no case; cases: {', '.join(names)}")
+        per_case = [next((float(w) for p, w in case_weights.items() if n.startswith(p)), 1.0) for n in names]
+        weights = torch.tensor(per_case, dtype=torch.float64)[self.targets[:, 0]]
+        if not float(weights.sum()) > 0:
+            raise ValueError("case weights leave no target to draw (all weights 0)")
+        return weights
+
+    def sampling_shares(self) -> dict[str, float]:
+        """Expected share of the draws per case name (uniform over targets unless ``case_weights``)."""
+        w = self.weights if self.weights is not None else torch.ones(self.num_targets, dtype=torch.float64)
+        per_case = torch.zeros(len(self.labels), dtype=torch.float64).index_add_(0, self.targets[:, 0], w)
+        total = float(per_case.sum())
+        return {str(c["name"]): float(v) / total for c, v in zip(self.meta["cases"], per_case, strict=True)}
 
     @property
     def num_targets(self) -> int:
@@ -206,7 +233,10 @@ class PackedVolumes:
             device_generator: generator on the device (synthetic contrasts).
         """
         s, half = self.window, self.window // 2
-        ti = torch.randint(self.num_targets, (batch,), generator=generator)
+        if self.weights is None:
+            ti = torch.randint(self.num_targets, (batch,), generator=generator)
+        else:
+            ti = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
         pick = torch.randint(self.fg.shape[1], (batch,), generator=generator)
         jit = torch.randint(-self.jitter, self.jitter + 1, (batch, 3), generator=generator)
         starts = self.fg[ti, pick] + jit - half + self.pad  # padded-grid index of window voxel 0
@@ -236,6 +266,7 @@ class PackedVolumes:
         return (
             f"{len(self.labels)} case(s), {len(self.images)} image(s), {self.num_targets} target(s), "
             f"{self.nbytes() / 2**20:.0f} MiB on {self.device}, {self.window}^3 windows at "
-            f"{self.meta['spacing']} mm (jitter {self.jitter} voxels, p_synth {self.p_synth})"
+            f"{self.meta['spacing']} mm (jitter {self.jitter} voxels, p_synth {self.p_synth}"
+            + (", weighted by source" if self.weights is not None else "") + ")"
         )
 
