@@ -1,14 +1,15 @@
 """Time-budgeted interactive training with every step on the accelerator (``scripts/train_default_gpu.sh``).
 
-The recipe is :func:`volsam.train.tasks.correction_loss` (a first prompt, k correction clicks without
-gradient, one trained round; plain Dice + CE), with data from :class:`~volsam.train.device_data.PackedVolumes`
-and clicks simulated in torch on the device instead of NumPy on the host:
+The recipe is ``volsam train``'s (:func:`volsam.train.tasks.correction_rounds`: a first prompt, k correction
+clicks without gradient, one trained round; plain Dice + CE), with data from
+:class:`~volsam.train.device_data.PackedVolumes` and prompts simulated in torch on the device
+(:mod:`volsam.train.prompt_sim`) instead of NumPy on the host:
 
-- first prompt: a uniform random voxel of the target (:func:`random_voxels`), or with ``box_prob`` the
+- first prompt: a uniform random voxel of the target (``random_voxels``), or with ``box_prob`` the
   target's bounding box as the ``box_pos`` channel (faces jittered by up to 2 voxels; half the time drawn
   on the middle slice of a random axis, as viewers draw boxes);
 - correction clicks: on the error FN ∪ FP of the current prediction, with ``dt_click_prob`` at its most
-  interior voxel (:func:`interior_voxels`, the largest number of 3x3x3 erosions the error survives: the
+  interior voxel (``interior_voxels``, the largest number of 3x3x3 erosions the error survives: the
   chessboard-distance stand-in of the centre-of-error rule of :func:`volsam.prompts.cvpr25_click`),
   otherwise at a uniform random error voxel (:func:`volsam.prompts.random_click`); positive on a false
   negative, negative on a false positive.
@@ -24,22 +25,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from volsam.atomic import atomic_path
 from volsam.modeling.fusion import FusionSeg3D
 from volsam.train.augment import augment_batch
 from volsam.train.device_data import PackedVolumes
 from volsam.train.losses import make_loss
-from volsam.train.tasks import _autocast
+from volsam.train.prompt_sim import box_channel, interior_voxels, random_voxels
+from volsam.train.tasks import correction_rounds
 
-__all__ = ["DeviceTrainConfig", "box_channel", "correction_step", "interior_voxels", "random_voxels", "train_on_device"]
+__all__ = ["DeviceTrainConfig", "correction_step", "train_on_device"]
 
 
 @dataclass(frozen=True)
@@ -86,65 +87,6 @@ class DeviceTrainConfig:
             raise ValueError(f"max_corrections must be >= 0, got {self.max_corrections}")
 
 
-def random_voxels(mask: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uniform random voxel of each mask.
-
-    Args:
-        mask: [B, S, S, S] bool.
-        generator: on ``mask``'s device.
-
-    Returns:
-        ([B, 3] long voxel indices, [B] bool: the mask had a voxel; index 0 otherwise).
-    """
-    score = torch.rand(mask.shape, generator=generator, device=mask.device) * mask
-    return _unravel(score.flatten(1).argmax(1), mask.shape[1:]), mask.flatten(1).any(1)
-
-
-def interior_voxels(mask: torch.Tensor, generator: torch.Generator, max_depth: int = 24) -> torch.Tensor:
-    """A voxel of each mask that survives the most 3x3x3 erosions (the window border counts as outside),
-    ties broken at random: [B, S, S, S] bool -> [B, 3] long (index 0 for an empty mask)."""
-    m = mask[:, None].float()
-    depth = m.clone()
-    for _ in range(max_depth):
-        m = 1.0 - F.max_pool3d(F.pad(1.0 - m, (1,) * 6, value=1.0), 3, 1)
-        if not bool(m.any()):
-            break
-        depth += m
-    score = depth[:, 0] + 0.5 * torch.rand(mask.shape, generator=generator, device=mask.device) * mask
-    return _unravel(score.flatten(1).argmax(1), mask.shape[1:])
-
-
-def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    _, y, z = shape
-    return torch.stack([flat // (y * z), (flat // z) % y, flat % z], 1)
-
-
-def box_channel(gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each target's bounding box as a filled mask, faces jittered by up to 2 voxels, half the time only its
-    middle slice along a random axis: [B, S, S, S] bool (non-empty) -> [B, 1, S, S, S] float."""
-    b, s = gt.shape[0], gt.shape[-1]
-    dev = gt.device
-    ar = torch.arange(s, device=dev)
-    lo, hi = [], []
-    for axis in range(3):
-        dims = tuple(d for d in (1, 2, 3) if d != axis + 1)
-        present = gt.any(dim=dims)  # [B, S]
-        lo.append(torch.where(present, ar, s).amin(1))
-        hi.append(torch.where(present, ar, -1).amax(1))
-    lo_t, hi_t = torch.stack(lo, 1), torch.stack(hi, 1)
-    jit = torch.randint(-2, 3, (2, b, 3), generator=generator, device=dev)
-    lo_t, hi_t = (lo_t + jit[0]).clamp(0, s - 1), (hi_t + jit[1]).clamp(0, s - 1)
-    lo_t, hi_t = torch.minimum(lo_t, hi_t), torch.maximum(lo_t, hi_t)
-    flat = torch.rand(b, generator=generator, device=dev) < 0.5
-    axis = torch.randint(0, 3, (b,), generator=generator, device=dev)
-    mid = (lo_t + hi_t) // 2
-    one = flat[:, None] & (torch.arange(3, device=dev)[None] == axis[:, None])
-    lo_t, hi_t = torch.where(one, mid, lo_t), torch.where(one, mid, hi_t)
-    inside = [(ar[None] >= lo_t[:, a, None]) & (ar[None] <= hi_t[:, a, None]) for a in range(3)]
-    box = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
-    return box[:, None].float()
-
-
 def correction_step(
     model: FusionSeg3D,
     image: torch.Tensor,
@@ -154,7 +96,8 @@ def correction_step(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """The correction recipe on one batch, clicks simulated on the device.
+    """The correction recipe (:func:`volsam.train.tasks.correction_rounds`) on one batch, every prompt
+    simulated on the device (:mod:`volsam.train.prompt_sim`).
 
     Args:
         model: an early-fusion model.
@@ -174,27 +117,19 @@ def correction_step(
     use_box = torch.rand(b, generator=generator, device=dev) < cfg.box_prob
     dense = {"box_pos": box_channel(gt, generator) * use_box.view(b, 1, 1, 1, 1)} if bool(use_box.any()) else None
     first, _ = random_voxels(gt, generator)
-    coords = [first.float()]
-    labels = [torch.where(use_box, -1, 1)]
 
-    def run(prev: torch.Tensor | None) -> torch.Tensor:
-        with _autocast(dev, cfg.amp):
-            low, _ = model.decode(image, torch.stack(coords, 1), torch.stack(labels, 1), prev, dense_prompts=dense)
-        return low.float()
+    def next_clicks(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        err = pred ^ gt
+        idx, has = random_voxels(err, generator)
+        centre = torch.rand(b, generator=generator, device=dev) < cfg.dt_click_prob
+        if bool(centre.any()):
+            idx = torch.where(centre[:, None], interior_voxels(err, generator), idx)
+        positive = gt[bidx, idx[:, 0], idx[:, 1], idx[:, 2]]
+        return idx, torch.where(has, positive.long(), -1)
 
-    prev = None
-    for _ in range(k):
-        with torch.no_grad():
-            prev = run(prev)
-            err = (model.upsample_logits(prev)[:, 0] > 0) ^ gt
-            idx, has = random_voxels(err, generator)
-            centre = torch.rand(b, generator=generator, device=dev) < cfg.dt_click_prob
-            if bool(centre.any()):
-                idx = torch.where(centre[:, None], interior_voxels(err, generator), idx)
-            positive = gt[bidx, idx[:, 0], idx[:, 1], idx[:, 2]]
-            coords.append(idx.float())
-            labels.append(torch.where(has, positive.long(), -1))
-    return loss_fn(model.upsample_logits(run(prev)), target)
+    return correction_rounds(
+        model, image, target, k, (first, torch.where(use_box, -1, 1)), next_clicks, loss_fn, cfg.amp, dense
+    )
 
 
 def _lr_at(frac: float, cfg: DeviceTrainConfig) -> float:

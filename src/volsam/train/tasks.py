@@ -26,8 +26,9 @@ from volsam.modeling import PromptableModel
 from volsam.prompts import first_click, simulate_click
 from volsam.train.config import _STREAM_AUGMENT, _STREAM_CLICKS, _STREAM_ROUNDS, TrainConfig
 from volsam.train.losses import make_loss
+from volsam.train.prompt_sim import box_channel
 
-__all__ = ["InteractiveTask", "Task", "correction_loss", "interaction_loss", "mask_only_round_set"]
+__all__ = ["InteractiveTask", "Task", "correction_loss", "correction_rounds", "interaction_loss", "mask_only_round_set"]
 
 
 def mask_only_round_set(rounds: int, count: int, rng: np.random.Generator) -> set[int]:
@@ -123,22 +124,64 @@ def interaction_loss(
     return total, per_round
 
 
-def _box_channel(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The target's bounding box as a filled mask (S, S, S) float32, each face jittered by up to 2 voxels;
-    half the time a box drawn on one slice (the middle one of a random axis), as viewers draw them."""
-    idx = np.argwhere(gt)
-    lo, hi = idx.min(0), idx.max(0)
-    jit = rng.integers(-2, 3, size=(2, 3))
-    s = np.asarray(gt.shape)
-    lo, hi = np.clip(lo + jit[0], 0, s - 1), np.clip(hi + jit[1], 0, s - 1)
-    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
-    if rng.random() < 0.5:
-        axis = int(rng.integers(3))
-        mid = int(np.median(idx[:, axis]))
-        lo[axis] = hi[axis] = mid
-    out = np.zeros(gt.shape, dtype=np.float32)
-    out[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1] = 1.0
-    return out
+NextClicks = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""A click simulator: the current prediction [B, S, S, S] bool -> one click per sample: coordinates [B, 3]
+(window voxels, tensor-axis order) and labels [B] long (1 positive, 0 negative, -1 none)."""
+
+
+def correction_rounds(
+    model: PromptableModel,
+    emb: torch.Tensor,
+    target: torch.Tensor,
+    k: int,
+    first: tuple[torch.Tensor, torch.Tensor],
+    next_clicks: NextClicks,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    amp: bool,
+    dense_prompts: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The ``correction`` recipe's rounds, whatever simulates the clicks: ``k`` rounds without gradient, each
+    adding the click ``next_clicks`` draws on its prediction, then one trained round. Every round sees all
+    clicks so far and the previous round's low-res logits, as at inference.
+
+    Args:
+        model: the model (its decoder runs k + 1 times).
+        emb: image embeddings [B, ...] (an early-fusion model's normalised windows [B, 1, S, S, S]).
+        target: [B, 1, S, S, S] float 0/1.
+        k: rounds run without gradient before the trained one.
+        first: the first prompt's clicks, coordinates [B, 3] float and labels [B] long (-1: none, e.g. a box).
+        next_clicks: the click simulator.
+        loss_fn: loss of upsampled logits [B, 1, S, S, S] vs ``target``.
+        amp: bf16 autocast on CUDA.
+        dense_prompts: prompt channels of an early-fusion model (e.g. ``{"box_pos": [B, 1, S, S, S]}``).
+
+    Returns:
+        The trained round's loss (a graph to backpropagate).
+    """
+    coords, labels = [first[0].float()], [first[1].long()]
+    extra = {} if dense_prompts is None else {"dense_prompts": dense_prompts}
+
+    def run(prev: torch.Tensor | None) -> torch.Tensor:
+        with _autocast(emb.device, amp):
+            low, _ = model.decode(emb, torch.stack(coords, 1), torch.stack(labels, 1), prev, **extra)
+        return low.float()
+
+    prev = model.no_mask_prompt(emb.shape[0], emb.device)
+    for _ in range(k):
+        with torch.no_grad():
+            prev = run(prev)
+            c, lab = next_clicks(model.upsample_logits(prev)[:, 0] > 0)
+        coords.append(c.to(emb.device).float())
+        labels.append(lab.to(emb.device).long())
+    return loss_fn(model.upsample_logits(run(prev)), target)
+
+
+def _click_tensors(clicks: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Host clicks (:class:`volsam.prompts.Click` or None: no click, label -1) -> ([B, 3], [B]) tensors."""
+    coords = [(0.0, 0.0, 0.0) if c is None else c.point for c in clicks]
+    labels = [-1 if c is None else int(c.positive) for c in clicks]
+    return (torch.tensor(coords, dtype=torch.float32, device=device),
+            torch.tensor(labels, dtype=torch.long, device=device))
 
 
 def correction_loss(
@@ -150,44 +193,36 @@ def correction_loss(
     cfg: TrainConfig,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, list[float]]:
-    """The ``correction`` recipe on one micro-batch: a first prompt, k correction clicks run without gradient
-    (k uniform in 0..``cfg.corrections_at(step)``, the same k for the batch), then one more click whose
-    prediction is trained. Every round sees all clicks so far and the previous logits, as at inference.
+    """The ``correction`` recipe on one micro-batch (:func:`correction_rounds`), clicks simulated on the host
+    with the evaluation's simulators, seeded per sample: a first prompt (a random target voxel, or for an
+    early-fusion model with ``cfg.box_prob`` the target's box, :func:`volsam.train.prompt_sim.box_channel`),
+    k correction clicks (k uniform in 0..``cfg.corrections_at(step)``, the same k for the batch; each at the
+    centre of the largest error with ``cfg.dt_click_prob``, else by ``cfg.click_protocol``), one trained round.
 
     Args and returns as :func:`interaction_loss` (the per-round list holds the one trained round's loss).
     """
     b = emb.shape[0]
     device = emb.device
-    gt = (target[:, 0] > 0.5).cpu().numpy()
+    gt_t = target[:, 0] > 0.5
+    gt = gt_t.cpu().numpy()
     rngs = [np.random.default_rng([cfg.seed, _STREAM_CLICKS, int(i)]) for i in indices]
     k = int(np.random.default_rng([cfg.seed, _STREAM_ROUNDS, step]).integers(cfg.corrections_at(step) + 1))
-    coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
-    labels: list[list[int]] = [[] for _ in range(b)]
     dense = None
     use_box = [model.kind == "fusion" and cfg.box_prob > 0 and rngs[j].random() < cfg.box_prob for j in range(b)]
     if any(use_box):
-        boxes = np.stack([_box_channel(gt[j], rngs[j]) if use_box[j] else np.zeros(gt[j].shape, np.float32)
-                          for j in range(b)])
-        dense = {"box_pos": torch.from_numpy(boxes)[:, None].to(device)}
+        boxes = torch.zeros_like(target)
+        for j in np.flatnonzero(use_box):
+            gen = torch.Generator(device=device).manual_seed(int(rngs[j].integers(2**62)))
+            boxes[j : j + 1] = box_channel(gt_t[j : j + 1], gen)
+        dense = {"box_pos": boxes}
+    first = _click_tensors([None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)], device)
 
-    def run(prev: torch.Tensor | None) -> torch.Tensor:
-        ct = torch.tensor(coords, dtype=torch.float32, device=device)
-        lt = torch.tensor(labels, dtype=torch.long, device=device)
-        extra = {} if dense is None else {"dense_prompts": dense}
-        with _autocast(device, cfg.amp):
-            low, _ = model.decode(emb, ct, lt, prev, **extra)
-        return low.float()
-
-    _append_clicks(coords, labels, [None if use_box[j] else first_click(gt[j], rngs[j], "random") for j in range(b)])
-    prev = model.no_mask_prompt(b, device)
-    for _ in range(k):
-        with torch.no_grad():
-            prev = run(prev)
-            pred = (model.upsample_logits(prev)[:, 0] > 0).cpu().numpy()
+    def next_clicks(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = pred.cpu().numpy()
         protocols = ["cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol for j in range(b)]
-        _append_clicks(coords, labels, [simulate_click(protocols[j], pred[j], gt[j], rngs[j]) for j in range(b)])
-    low = run(prev)
-    loss = loss_fn(model.upsample_logits(low), target)
+        return _click_tensors([simulate_click(protocols[j], p[j], gt[j], rngs[j]) for j in range(b)], device)
+
+    loss = correction_rounds(model, emb, target, k, first, next_clicks, loss_fn, cfg.amp, dense)
     return loss, [float(loss.detach())]
 
 
