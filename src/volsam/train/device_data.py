@@ -5,10 +5,10 @@ packed dataset sits in device memory; a batch picks targets uniformly (or with p
 each window on one of the target's stored foreground voxels moved by a uniform jitter (at most ``jitter``
 voxels per axis, so the voxel stays ``window / 2 - jitter`` voxels inside), crops image and label map (zero
 outside the scanned volume, as :func:`volsam.transforms.extract_window` pads), replaces some images by
-SynthSeg-style contrasts generated from the label window (:func:`synth_images`, the generative model of
-:mod:`volsam.train.synth` in batched torch) and normalises each window as inference does
-(:func:`normalize_windows`). The packed grid is the model's (RAS+-aligned, isotropic), so no resampling
-happens here; spatial augmentation is :func:`volsam.train.augment.augment_batch`.
+SynthSeg-style contrasts generated from the label window (:func:`volsam.train.synth.synth_images`) and
+normalises each window as inference does (:func:`volsam.transforms.normalize_windows`). The packed grid is the model's
+(RAS+-aligned, isotropic), so no resampling happens here; spatial augmentation is
+:func:`volsam.train.augment.augment_batch`.
 """
 
 from __future__ import annotations
@@ -21,105 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from volsam.train.pack import read_pack
-from volsam.train.synth import SynthConfig
+from volsam.train.synth import SynthConfig, synth_images
+from volsam.transforms import normalize_windows
 
-__all__ = ["PackedBatch", "PackedVolumes", "normalize_windows", "synth_images"]
-
-
-def normalize_windows(x: torch.Tensor) -> torch.Tensor:
-    """Batched :func:`volsam.transforms.normalize_window`: each window [B, 1, S, S, S] z-scored with the
-    mean and (ddof=1) std of its voxels > 0 (all voxels when it has fewer than two); a zero std counts as 1."""
-    dims = tuple(range(1, x.ndim))
-    fg = x > 0
-    few = fg.sum(dims, keepdim=True) < 2
-    w = torch.where(few, torch.ones_like(fg), fg).to(x.dtype)
-    n = w.sum(dims, keepdim=True)
-    mean = (x * w).sum(dims, keepdim=True) / n
-    var = (((x - mean) ** 2) * w).sum(dims, keepdim=True) / (n - 1).clamp_min(1)
-    std = var.sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return (x - mean) / std
-
-
-def _hash01(x: torch.Tensor, salt: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """A pseudo-random number in [0, 1) per (label value, sample): the same value within one sample."""
-    v = torch.sin(x * a + salt * b) * 43758.5453
-    return v - torch.floor(v)
-
-
-def _gauss_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """[B] sigmas (voxels) -> [B, 2r+1] normalised Gaussian taps (a delta where sigma is ~0)."""
-    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
-    return k / k.sum(1, keepdim=True)
-
-
-def _blur_axis(x: torch.Tensor, sigma: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
-    """Blur each sample of [B, 1, S, S, S] along spatial ``axis`` (0..2) with its own sigma [B]."""
-    b = x.shape[0]
-    k = _gauss_kernel(sigma, radius)
-    shape = [b, 1, 1, 1, 1]
-    shape[2 + axis] = 2 * radius + 1
-    pad = [0, 0, 0, 0, 0, 0]
-    pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-    y = F.pad(x.transpose(0, 1), pad, mode="replicate")  # [1, B, ...]: one group per sample
-    return F.conv3d(y, k.view(shape), groups=b).transpose(0, 1)
-
-
-def synth_images(
-    labels: torch.Tensor, valid: torch.Tensor, generator: torch.Generator, config: SynthConfig | None = None
-) -> torch.Tensor:
-    """SynthSeg-style images from label windows, batched (the model of :class:`~volsam.train.synth.SynthGenerator`).
-
-    Args:
-        labels: [B, 1, S, S, S] integer label windows.
-        valid: [B, 1, S, S, S] bool, voxels inside the scanned volume (others end 0).
-        generator: on ``labels``' device.
-        config: ranges (defaults when None).
-
-    Returns:
-        float32 [B, 1, S, S, S] in [0, 1].
-    """
-    c = config or SynthConfig()
-    b, dev = labels.shape[0], labels.device
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=dev)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, device=dev)
-
-    lab = labels.float()
-    salt = rand(b, 1, 1, 1, 1) * 100.0
-    means = _hash01(lab, salt, 12.9898, 78.233)
-    stds = _hash01(lab, salt, 39.3468, 11.135) * c.std_max
-    img = means + stds * randn(*labels.shape)
-    # One host transfer for the per-sample thick-slice draws (a sync per sample would stall the device).
-    thick, axes, widths = torch.rand(3, b, generator=generator, device=dev).tolist()
-    for i in range(b):
-        if thick[i] >= c.low_res_prob:
-            continue
-        axis = min(int(axes[i] * 3), 2)
-        t = 1.5 + widths[i] * (c.max_thickness - 1.5)
-        x = _blur_axis(img[i : i + 1], torch.tensor([0.42 * t], device=dev), axis, 4)
-        size = list(x.shape[-3:])
-        low = list(size)
-        low[axis] = max(2, round(size[axis] / t))
-        x = F.interpolate(x, size=low, mode="trilinear", align_corners=True)
-        img[i : i + 1] = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
-    sigma = rand(b, 3) * c.blur_max
-    for axis in range(3):
-        img = _blur_axis(img, sigma[:, axis], axis, 2)
-    g = c.bias_grid
-    coarse = randn(b, 1, g, g, g) * c.bias_std
-    bias = F.interpolate(coarse, size=labels.shape[-3:], mode="trilinear", align_corners=True)
-    img = img * torch.exp(bias)
-    lo = img.flatten(1).amin(1).view(b, 1, 1, 1, 1)
-    hi = img.flatten(1).amax(1).view(b, 1, 1, 1, 1)
-    img = ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
-    img = img ** torch.exp(randn(b) * c.gamma_std).view(b, 1, 1, 1, 1)
-    img = img + (rand(b) * c.noise_max).view(b, 1, 1, 1, 1) * randn(*labels.shape)
-    return torch.where(valid, img.clamp(0, 1), torch.zeros_like(img))
+__all__ = ["PackedBatch", "PackedVolumes"]
 
 
 @dataclass

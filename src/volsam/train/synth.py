@@ -6,10 +6,12 @@ acquisition (blur + downsampling + upsampling along one axis), a random anisotro
 multiplicative bias field, a random gamma and additive noise. Contrast is therefore never the same twice
 and a model trained on it learns shapes, not intensities.
 
-Use it through :class:`volsam.train.data.TrainDataset` (``p_synth``: the probability that a sample's
-image is replaced by a synthetic one generated from the same window's label map, so real and synthetic
-images mix) or :class:`volsam.train.data.SynthDataset` (label files only, every image synthetic). This
-module knows nothing of datasets, so the dependency runs one way (data -> synth).
+One implementation, :func:`synth_images`, batched in torch: the GPU loader
+(:class:`volsam.train.device_data.PackedVolumes`) calls it per batch on the device, the host loader through
+:class:`SynthGenerator` per window (:class:`volsam.train.data.TrainDataset` with ``p_synth``, the
+probability that a sample's image is replaced by a synthetic one generated from the same window's label
+map, so real and synthetic images mix; :class:`volsam.train.data.SynthDataset`: label files only, every
+image synthetic). This module knows nothing of datasets, so the dependency runs one way (data -> synth).
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
-__all__ = ["SynthConfig", "SynthGenerator"]
+__all__ = ["SynthConfig", "SynthGenerator", "synth_images"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,90 @@ class SynthConfig:
     noise_max: float = 0.03
 
 
+def _hash01(x: torch.Tensor, salt: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """A pseudo-random number in [0, 1) per (label value, sample): the same value within one sample."""
+    v = torch.sin(x * a + salt * b) * 43758.5453
+    return v - torch.floor(v)
+
+
+def _gauss_kernel(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """[B] sigmas (voxels) -> [B, 2r+1] normalised Gaussian taps (a delta where sigma is ~0)."""
+    t = torch.arange(-radius, radius + 1, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    return k / k.sum(1, keepdim=True)
+
+
+def _blur_axis(x: torch.Tensor, sigma: torch.Tensor, axis: int, radius: int) -> torch.Tensor:
+    """Blur each sample of [B, 1, S, S, S] along spatial ``axis`` (0..2) with its own sigma [B]."""
+    b = x.shape[0]
+    k = _gauss_kernel(sigma, radius)
+    shape = [b, 1, 1, 1, 1]
+    shape[2 + axis] = 2 * radius + 1
+    pad = [0, 0, 0, 0, 0, 0]
+    pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+    y = F.pad(x.transpose(0, 1), pad, mode="replicate")  # [1, B, ...]: one group per sample
+    return F.conv3d(y, k.view(shape), groups=b).transpose(0, 1)
+
+
+def synth_images(
+    labels: torch.Tensor, valid: torch.Tensor, generator: torch.Generator, config: SynthConfig | None = None
+) -> torch.Tensor:
+    """SynthSeg-style images from label windows, batched, on the labels' device (the module docstring's model).
+
+    Args:
+        labels: [B, 1, S, S, S] integer label windows.
+        valid: [B, 1, S, S, S] bool, voxels inside the scanned volume (others end 0).
+        generator: on ``labels``' device.
+        config: ranges (defaults when None).
+
+    Returns:
+        float32 [B, 1, S, S, S] in [0, 1].
+    """
+    c = config or SynthConfig()
+    b, dev = labels.shape[0], labels.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=dev)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, device=dev)
+
+    lab = labels.float()
+    salt = rand(b, 1, 1, 1, 1) * 100.0
+    means = _hash01(lab, salt, 12.9898, 78.233)
+    stds = _hash01(lab, salt, 39.3468, 11.135) * c.std_max
+    img = means + stds * randn(*labels.shape)
+    # One host transfer for the per-sample thick-slice draws (a sync per sample would stall the device).
+    thick, axes, widths = torch.rand(3, b, generator=generator, device=dev).tolist()
+    for i in range(b):
+        if thick[i] >= c.low_res_prob:
+            continue
+        axis = min(int(axes[i] * 3), 2)
+        t = 1.5 + widths[i] * (c.max_thickness - 1.5)
+        x = _blur_axis(img[i : i + 1], torch.tensor([0.42 * t], device=dev), axis, 4)
+        size = list(x.shape[-3:])
+        low = list(size)
+        low[axis] = max(2, round(size[axis] / t))
+        x = F.interpolate(x, size=low, mode="trilinear", align_corners=True)
+        img[i : i + 1] = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
+    sigma = rand(b, 3) * c.blur_max
+    for axis in range(3):
+        img = _blur_axis(img, sigma[:, axis], axis, 2)
+    g = c.bias_grid
+    coarse = randn(b, 1, g, g, g) * c.bias_std
+    bias = F.interpolate(coarse, size=labels.shape[-3:], mode="trilinear", align_corners=True)
+    img = img * torch.exp(bias)
+    lo = img.flatten(1).amin(1).view(b, 1, 1, 1, 1)
+    hi = img.flatten(1).amax(1).view(b, 1, 1, 1, 1)
+    img = ((img - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    img = img ** torch.exp(randn(b) * c.gamma_std).view(b, 1, 1, 1, 1)
+    img = img + (rand(b) * c.noise_max).view(b, 1, 1, 1, 1) * randn(*labels.shape)
+    return torch.where(valid, img.clamp(0, 1), torch.zeros_like(img))
+
+
 class SynthGenerator:
-    """Label map -> synthetic image. Deterministic given the ``rng`` passed in."""
+    """Label map -> synthetic image, one window at a time (:func:`synth_images` on a batch of one, for the
+    host data loader). Deterministic given the ``rng`` passed in."""
 
     def __init__(self, config: SynthConfig | None = None) -> None:
         self.config = config or SynthConfig()
@@ -60,56 +143,23 @@ class SynthGenerator:
 
         Args:
             labels: integer-valued label map (X, Y, Z) (any numeric dtype).
-            rng: source of randomness.
+            rng: source of randomness (one draw seeds the torch generator).
             valid: optional bool mask (X, Y, Z) of voxels inside the scanned volume; voxels outside are
                 set to 0, like the zero padding of real windows.
 
         Returns:
             float32 image (X, Y, Z) with values in [0, 1] (0 outside ``valid``).
         """
-        c = self.config
         lab = np.asarray(labels)
         if lab.ndim != 3:
             raise ValueError(f"labels must be a 3D array, got shape {lab.shape}")
-        values, inverse = np.unique(lab, return_inverse=True)
-        inverse = inverse.reshape(lab.shape)
-        means = rng.uniform(0.0, 1.0, len(values)).astype(np.float32)
-        stds = rng.uniform(0.0, c.std_max, len(values)).astype(np.float32)
-        img = means[inverse] + stds[inverse] * rng.standard_normal(lab.shape, dtype=np.float32)
-        if rng.random() < c.low_res_prob:
-            img = self._thick_slices(img, int(rng.integers(3)), float(rng.uniform(1.5, c.max_thickness)))
-        sigma = rng.uniform(0.0, c.blur_max, 3)
-        if np.any(sigma > 0.1):
-            img = ndimage.gaussian_filter(img, sigma=sigma, mode="nearest")
-        img *= self._bias(lab.shape, rng)
-        lo, hi = float(img.min()), float(img.max())
-        img = (img - lo) / max(hi - lo, 1e-6)
-        img = np.power(img, np.float32(np.exp(rng.normal(0.0, c.gamma_std))), dtype=np.float32)
-        img += np.float32(rng.uniform(0.0, c.noise_max)) * rng.standard_normal(lab.shape, dtype=np.float32)
-        np.clip(img, 0.0, 1.0, out=img)
-        if valid is not None:
-            img[~np.asarray(valid, dtype=bool)] = 0.0
-        return img.astype(np.float32, copy=False)
-
-    @staticmethod
-    def _thick_slices(img: np.ndarray, axis: int, thickness: float) -> np.ndarray:
-        """Simulate slices ``thickness`` voxels thick along ``axis``: blur, subsample, interpolate back."""
-        sigma = [0.0, 0.0, 0.0]
-        sigma[axis] = 0.42 * thickness  # SynthSeg's slice-profile width
-        img = ndimage.gaussian_filter(img, sigma=sigma, mode="nearest")
-        shape = list(img.shape)
-        low = list(shape)
-        low[axis] = max(2, round(shape[axis] / thickness))
-        t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+        inside = np.ones(lab.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad():
-            t = F.interpolate(t, size=tuple(low), mode="trilinear", align_corners=True)
-            t = F.interpolate(t, size=tuple(shape), mode="trilinear", align_corners=True)
-        return t[0, 0].numpy()
-
-    def _bias(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """Smooth positive multiplicative field: exp of a trilinearly upsampled random control grid."""
-        g = self.config.bias_grid
-        coarse = torch.from_numpy(rng.normal(0.0, self.config.bias_std, (1, 1, g, g, g)).astype(np.float32))
-        with torch.no_grad():
-            field = F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
-        return np.exp(field[0, 0].numpy())
+            img = synth_images(
+                torch.from_numpy(lab.astype(np.float64))[None, None],
+                torch.from_numpy(inside)[None, None],
+                gen,
+                self.config,
+            )
+        return img[0, 0].numpy().astype(np.float32, copy=False)
