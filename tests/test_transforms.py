@@ -12,6 +12,7 @@ from volsam.transforms import (
     _paste_general,
     extract_window,
     normalize_window,
+    normalize_windows,
     paste_back,
     voxel_to_window,
     voxel_to_world,
@@ -333,6 +334,21 @@ def test_normalize_window_clip_and_degenerate_inputs() -> None:
     nan = np.ones((2, 2, 2), np.float32)
     nan[0, 0, 0] = np.nan
     assert np.all(np.isfinite(normalize_window(nan)))
+    one = -np.ones((3, 3, 3), np.float32)
+    one[1, 1, 1] = 4.0  # one voxel > 0: its value is the mean, its std (0) counts as 1
+    assert np.array_equal(normalize_window(one), one - 4.0)
+
+
+def test_normalize_windows_is_the_batched_normalize_window() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 6, 7, 8, generator=g) * 300 - 90
+    x[2] = -x[2].abs()  # no voxel > 0: statistics from all voxels
+    x[3] = -1.0
+    x[3, 2, 2, 2] = 7.0  # a single voxel > 0
+    got = normalize_windows(x)
+    for k in range(4):
+        assert np.array_equal(got[k].numpy(), normalize_window(x[k].numpy()))
+    assert not torch.equal(got[0], got[1]) and float(got[0][x[0] > 0].mean().abs()) < 1e-5
 
 
 def test_paste_back_bounded_by_mask_box_equals_full_footprint():

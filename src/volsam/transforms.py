@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
+import torch
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "apply_affine",
     "extract_window",
     "normalize_window",
+    "normalize_windows",
     "paste_back",
     "voxel_to_window",
     "voxel_to_world",
@@ -339,8 +341,9 @@ def normalize_window(x: ArrayLike, clip: tuple[float, float] | None = None) -> N
 
     Optionally clips to ``clip = (low, high)`` first (CT e.g. (-1000, 1000)), then z-normalises *all*
     voxels with the mean and (unbiased, ddof=1) std of the voxels > 0, as torchio's
-    ``ZNormalization(masking_method=lambda x: x > 0)`` does. Without any voxel > 0 the statistics come
-    from all voxels; a zero std is replaced by 1. Non-finite inputs are set to 0 first.
+    ``ZNormalization(masking_method=lambda x: x > 0)`` does (:func:`normalize_windows`). Without any voxel
+    > 0 the statistics come from all voxels; a zero std is replaced by 1. Non-finite inputs are set to 0
+    first.
     """
     v = np.array(x, dtype=np.float32)
     if not np.all(np.isfinite(v)):
@@ -350,15 +353,27 @@ def normalize_window(x: ArrayLike, clip: tuple[float, float] | None = None) -> N
         if lo > hi:
             raise ValueError(f"clip low {lo} > high {hi}")
         np.clip(v, lo, hi, out=v)
-    fg = v > 0
-    sel = v[fg] if fg.any() else v.ravel()
-    mean = float(sel.mean(dtype=np.float64)) if sel.size else 0.0
-    std = float(sel.std(dtype=np.float64, ddof=1)) if sel.size > 1 else 0.0
-    if not std > 0:
-        std = 1.0
-    v -= np.float32(mean)
-    v /= np.float32(std)
-    return v
+    if v.size == 0:
+        return v
+    return normalize_windows(torch.from_numpy(v)[None]).numpy()[0]
+
+
+def normalize_windows(x: torch.Tensor) -> torch.Tensor:
+    """The z-normalisation of :func:`normalize_window` on a batch of finite windows [B, ...] (float32, on
+    any device; the training loader runs it on the GPU): each window shifted and scaled by the mean and
+    (ddof=1) std of its voxels > 0 (of all its voxels when none is > 0; a std of one voxel or of 0 counts as
+    1). Statistics in float64, arithmetic in the input's dtype, so both paths give the same numbers."""
+    dims = tuple(range(1, x.ndim))
+    fg = x > 0
+    none = fg.flatten(1).any(1).logical_not()
+    w = (fg | none.view(-1, *([1] * len(dims)))).double()
+    n = w.sum(dims, keepdim=True)
+    xd = x.double()
+    mean = (xd * w).sum(dims, keepdim=True) / n
+    var = (((xd - mean) ** 2) * w).sum(dims, keepdim=True) / (n - 1).clamp_min(1)
+    std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
 
 def window_footprint(window: Window, shape: tuple[int, ...], affine: ArrayLike) -> tuple[slice, slice, slice]:
