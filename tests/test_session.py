@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -139,6 +141,10 @@ def test_bad_clicks_are_value_errors():
         s.add_click((10, 0, 0))
     with pytest.raises(ValueError, match="3 finite numbers"):
         s.add_click((1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflowing integer cast on the way to the error
+        with pytest.raises(ValueError, match=r"scribble point \(1e\+300, 0.0, 0.0\) is outside the volume"):
+            s.add_scribble(np.array([[2.0, 3.0, 4.0], [1e300, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="affine is only for arrays"):
         s.set_image("x.nii.gz", affine=np.eye(4))
 

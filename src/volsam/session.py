@@ -736,10 +736,11 @@ class Session:
                     f"got shape {a.shape}"
                 )
             v = world_to_voxel(p, vol.affine) if world else p
-            idx = np.floor(v + 0.5).astype(np.int64)
-            bad = np.any((idx < 0) | (idx >= np.asarray(vol.shape)), axis=1)
+            # Bounds on the float coordinates: a huge finite point would overflow the integer cast.
+            bad = ~np.all(np.isfinite(v) & (v >= -0.5) & (v < np.asarray(vol.shape) - 0.5), axis=1)
             if bad.any():
-                raise ValueError(f"{what} point {tuple(p[bad][0])} is outside the volume of shape {vol.shape}")
+                raise ValueError(f"{what} point {tuple(p[bad][0].tolist())} is outside the volume of shape {vol.shape}")
+            idx = np.floor(v + 0.5).astype(np.int64)
         if len(idx) == 0:
             raise ValueError(f"a {what} needs at least one voxel, got none")
         return np.unique(idx.astype(np.int64), axis=0)
