@@ -90,10 +90,10 @@ def _validate(args: argparse.Namespace) -> int:
             ds = TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=seed)
             runs.append(evaluate(model, ds, clicks=args.clicks, seed=seed, device="cpu")["per_click"])
         mean = [sum(r[c] for r in runs) / len(runs) for c in range(args.clicks)]
-        dice = " / ".join(f"{d:.3f}" for d in mean)
+        dice = " / ".join(f"{d:.4f}" for d in mean)
         seeds = ",".join(str(s) for s in args.seed)
         print(f"{ckpt}: {len(ds)} targets, seed(s) {seeds}, Dice at clicks 1..{args.clicks}: {dice} "
-              f"(mean of @1 and @{args.clicks}: {(mean[0] + mean[-1]) / 2:.3f}; {time.perf_counter() - t:.0f} s)")
+              f"(mean of @1 and @{args.clicks}: {(mean[0] + mean[-1]) / 2:.4f}; {time.perf_counter() - t:.0f} s)")
     return 0
 
 
