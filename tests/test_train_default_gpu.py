@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,12 @@ def test_train_refuses_a_malformed_case_weight(script, tmp_path: Path, capsys: p
     assert script.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "PREFIX=WEIGHT" in err
+
+
+@pytest.mark.parametrize("specs", [[], ["no options here"], ["ok:--lr 1e-3", "bad name:--lr 1e-3"]])
+def test_sweep_script_refuses_malformed_variants(tmp_path: Path, specs: list[str]):
+    sweep = SCRIPT.with_name("train_default_gpu_sweep.sh")
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", str(sweep), *specs], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert ("NAME:OPTIONS" in r.stderr) and not (tmp_path / "out").exists()  # refused before anything ran
