@@ -270,6 +270,20 @@ def test_a_lasso_fills_its_polygon_and_clicks_at_its_deepest_voxel():
         s.add_lasso(square, axis=3, index=25)
 
 
+@pytest.mark.parametrize("far", [1e3, 1e12])
+def test_a_lasso_vertex_far_outside_the_slice_costs_nothing_and_clips(far: float):
+    from volsam.session import _fill_polygon
+
+    # A triangle whose far corners lie outside a 40 x 30 slice: it covers every voxel with u, v >= 2 there.
+    # The outline of an edge 1e12 voxels long was once sampled every half voxel (a MemoryError or the OOM
+    # killer); only its part inside the slice is sampled now.
+    got = _fill_polygon(np.array([[2.0, 2.0], [far, 2.0], [2.0, far]]), (40, 30))
+    uu, vv = np.meshgrid(np.arange(2, 40), np.arange(2, 30), indexing="ij")
+    assert np.array_equal(got, np.stack([uu.ravel(), vv.ravel()], -1))
+    thin = _fill_polygon(np.array([[-far, 5.0], [far, 5.0], [far, 5.0]]), (40, 30))  # a line across the slice
+    assert np.array_equal(thin, np.stack([np.arange(40), np.full(40, 5)], -1))
+
+
 def test_an_initial_mask_is_kept_seeds_the_mask_prompt_and_undoes_exactly():
     model = ThresholdModel()
     s, ball = _ball_session(model)

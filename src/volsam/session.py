@@ -925,6 +925,25 @@ def _deepest_points(mask: np.ndarray, spacing: np.ndarray, k: int) -> np.ndarray
     return pts
 
 
+def _clip_segments(
+    start: np.ndarray, end: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of segments ``start -> end`` (N, D) inside the box ``lo <= x <= hi`` (Liang-Barsky); segments
+    that miss the box are dropped. Returns the clipped (start, end), each (K, D), K <= N."""
+    d = end - start
+    t0, t1 = np.zeros(len(start)), np.ones(len(start))
+    keep = np.ones(len(start), dtype=bool)
+    for k in range(start.shape[1]):
+        flat = d[:, k] == 0
+        keep &= ~flat | ((start[:, k] >= lo[k]) & (start[:, k] <= hi[k]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ta, tb = (lo[k] - start[:, k]) / d[:, k], (hi[k] - start[:, k]) / d[:, k]
+        t0 = np.where(flat, t0, np.maximum(t0, np.minimum(ta, tb)))
+        t1 = np.where(flat, t1, np.minimum(t1, np.maximum(ta, tb)))
+    keep &= t0 <= t1
+    return start[keep] + t0[keep, None] * d[keep], start[keep] + t1[keep, None] * d[keep]
+
+
 def _fill_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """In-plane voxels (N, 2) of a closed polygon (M, 2) whose centres lie inside it or on its outline,
     clipped to ``shape``."""
@@ -938,10 +957,11 @@ def _fill_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     uu, vv = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
     centres = np.stack([uu.ravel(), vv.ravel()], -1)
     inside = centres[PolyPath(poly).contains_points(centres)]
-    # The outline itself, sampled every half voxel, so thin or tiny polygons still hold voxels.
-    ends = np.roll(poly, -1, axis=0)
-    steps = np.maximum(np.ceil(2 * np.abs(ends - poly).max(1)).astype(int), 1)
-    outline = np.concatenate([np.linspace(a, b, n, endpoint=False) for a, b, n in zip(poly, ends, steps, strict=True)])
+    # The outline itself, sampled every half voxel, so thin or tiny polygons still hold voxels; each edge is
+    # first clipped to the slice, so a vertex far outside costs no more than one inside.
+    a, b = _clip_segments(poly, np.roll(poly, -1, axis=0), np.full(2, -1.0), np.asarray(shape, np.float64))
+    steps = np.ceil(2 * np.abs(b - a).max(1)).astype(int) + 1
+    outline = np.concatenate([np.zeros((0, 2))] + [np.linspace(p, q, n) for p, q, n in zip(a, b, steps, strict=True)])
     outline = np.floor(outline + 0.5).astype(np.int64)
     pts = np.concatenate([inside.astype(np.int64), outline])
     pts = pts[np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)]
