@@ -145,6 +145,9 @@ def test_bad_clicks_are_value_errors():
         warnings.simplefilter("error")  # no overflowing integer cast on the way to the error
         with pytest.raises(ValueError, match=r"scribble point \(1e\+300, 0.0, 0.0\) is outside the volume"):
             s.add_scribble(np.array([[2.0, 3.0, 4.0], [1e300, 0.0, 0.0]]))
+        for world in (False, True):  # world: the affine overflows to inf/NaN, still "outside"
+            with pytest.raises(ValueError, match="outside the volume"):
+                s.add_click((0.0, 1e306, 1.79e306), world=world)
     with pytest.raises(ValueError, match="affine is only for arrays"):
         s.set_image("x.nii.gz", affine=np.eye(4))
 
@@ -270,18 +273,20 @@ def test_a_lasso_fills_its_polygon_and_clicks_at_its_deepest_voxel():
         s.add_lasso(square, axis=3, index=25)
 
 
-@pytest.mark.parametrize("far", [1e3, 1e12])
+@pytest.mark.parametrize("far", [1e3, 1e9])
 def test_a_lasso_vertex_far_outside_the_slice_costs_nothing_and_clips(far: float):
     from volsam.session import _fill_polygon
 
     # A triangle whose far corners lie outside a 40 x 30 slice: it covers every voxel with u, v >= 2 there.
-    # The outline of an edge 1e12 voxels long was once sampled every half voxel (a MemoryError or the OOM
-    # killer); only its part inside the slice is sampled now.
+    # The outline of an edge 1e9 voxels long was once sampled every half voxel (32 GB: a MemoryError or the
+    # OOM killer); only its part inside the slice is sampled now. Farther vertices are refused.
     got = _fill_polygon(np.array([[2.0, 2.0], [far, 2.0], [2.0, far]]), (40, 30))
     uu, vv = np.meshgrid(np.arange(2, 40), np.arange(2, 30), indexing="ij")
     assert np.array_equal(got, np.stack([uu.ravel(), vv.ravel()], -1))
     thin = _fill_polygon(np.array([[-far, 5.0], [far, 5.0], [far, 5.0]]), (40, 30))  # a line across the slice
     assert np.array_equal(thin, np.stack([np.arange(40), np.full(40, 5)], -1))
+    with pytest.raises(ValueError, match="within 1e"):
+        _fill_polygon(np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 9.2e18]]), (40, 30))
 
 
 def test_an_initial_mask_is_kept_seeds_the_mask_prompt_and_undoes_exactly():

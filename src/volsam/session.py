@@ -400,12 +400,13 @@ class Session:
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise ValueError(f"a point must be 3 finite numbers (i, j, k), got {point!r}")
         vol = self.volume
-        v = world_to_voxel(p, vol.affine) if world else p
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge world point: inf/NaN, refused below
+            v = world_to_voxel(p, vol.affine) if world else p
         shape = np.asarray(vol.shape)
-        if np.any(v < -0.5) or np.any(v >= shape - 0.5):
+        if not np.all(np.isfinite(v)) or np.any(v < -0.5) or np.any(v >= shape - 0.5):
             pt = tuple(float(x) for x in p)
             what = (
-                f"world point {pt} mm (RAS) = voxel {tuple(float(x) for x in np.round(v, 2))}"
+                f"world point {pt} mm (RAS) = voxel {tuple(round(float(x), 2) for x in v)}"
                 if world
                 else f"point {pt}"
             )
@@ -735,7 +736,8 @@ class Session:
                     f"a {what} must be finite points (N, 3) or a mask shaped like the image {vol.shape}, "
                     f"got shape {a.shape}"
                 )
-            v = world_to_voxel(p, vol.affine) if world else p
+            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN from huge world points: refused below
+                v = world_to_voxel(p, vol.affine) if world else p
             # Bounds on the float coordinates: a huge finite point would overflow the integer cast.
             bad = ~np.all(np.isfinite(v) & (v >= -0.5) & (v < np.asarray(vol.shape) - 0.5), axis=1)
             if bad.any():
@@ -925,6 +927,9 @@ def _deepest_points(mask: np.ndarray, spacing: np.ndarray, k: int) -> np.ndarray
     return pts
 
 
+_MAX_LASSO_COORD = 1e9  # voxels; beyond it edge arithmetic nears float overflow, and no slice is that large
+
+
 def _clip_segments(
     start: np.ndarray, end: np.ndarray, lo: np.ndarray, hi: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -952,8 +957,11 @@ def _fill_polygon(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     poly = np.asarray(polygon, dtype=np.float64)
     if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.all(np.isfinite(poly)):
         raise ValueError(f"a lasso polygon must be at least 3 finite vertices (M, 2), got shape {poly.shape}")
-    lo = np.clip(np.floor(poly.min(0)).astype(int), 0, np.asarray(shape) - 1)
-    hi = np.clip(np.ceil(poly.max(0)).astype(int), 0, np.asarray(shape) - 1)
+    if np.abs(poly).max() > _MAX_LASSO_COORD:
+        raise ValueError(f"lasso vertices must lie within {_MAX_LASSO_COORD:.0e} voxels of the origin, "
+                         f"got {np.abs(poly).max():.3g}")
+    lo = np.clip(np.floor(poly.min(0)), 0, np.asarray(shape) - 1).astype(int)  # clipped before the cast,
+    hi = np.clip(np.ceil(poly.max(0)), 0, np.asarray(shape) - 1).astype(int)  # which far vertices overflow
     uu, vv = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
     centres = np.stack([uu.ravel(), vv.ravel()], -1)
     inside = centres[PolyPath(poly).contains_points(centres)]
