@@ -49,18 +49,14 @@ def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
-def _append_clicks(
-    coords: list[list[tuple[float, float, float]]], labels: list[list[int]], clicks: Sequence[Any]
-) -> None:
-    """Append one click per sample (label 1/0); None (a perfect prediction, an empty target or a box-only
-    first prompt) becomes a padding point (label -1), which keeps the batch's shapes aligned."""
-    for k, c in enumerate(clicks):
-        if c is None:
-            coords[k].append((0.0, 0.0, 0.0))
-            labels[k].append(-1)
-        else:
-            coords[k].append(c.point)
-            labels[k].append(1 if c.positive else 0)
+def _click_tensors(clicks: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One host click per sample (:class:`volsam.prompts.Click`, label 1/0) -> coordinates [B, 3] and labels
+    [B]; None (a perfect prediction, an empty target or a box-only first prompt) becomes a padding point
+    (label -1), which keeps the batch's shapes aligned."""
+    coords = [(0.0, 0.0, 0.0) if c is None else c.point for c in clicks]
+    labels = [-1 if c is None else int(c.positive) for c in clicks]
+    return (torch.tensor(coords, dtype=torch.float32, device=device),
+            torch.tensor(labels, dtype=torch.long, device=device))
 
 
 def interaction_loss(
@@ -93,8 +89,8 @@ def interaction_loss(
     mask_only = mask_only_round_set(
         cfg.rounds, cfg.mask_only_rounds, np.random.default_rng([cfg.seed, _STREAM_ROUNDS, step])
     )
-    coords: list[list[tuple[float, float, float]]] = [[] for _ in range(b)]
-    labels: list[list[int]] = [[] for _ in range(b)]
+    coords: list[torch.Tensor] = []  # [B, 3] per click round
+    labels: list[torch.Tensor] = []  # [B]
     prev = model.no_mask_prompt(b, device)
     pred: np.ndarray | None = None
     total: torch.Tensor | None = None
@@ -108,11 +104,11 @@ def interaction_loss(
             assert pred is not None
             clicks = [simulate_click(cfg.click_protocol, pred[k], gt[k], rngs[k]) for k in range(b)]
         if clicks is not None:
-            _append_clicks(coords, labels, clicks)
-        ct = torch.tensor(coords, dtype=torch.float32, device=device)
-        lt = torch.tensor(labels, dtype=torch.long, device=device)
+            c, lab = _click_tensors(clicks, device)
+            coords.append(c)
+            labels.append(lab)
         with _autocast(device, cfg.amp):
-            low, _ = model.decode(emb, ct, lt, prev)
+            low, _ = model.decode(emb, torch.stack(coords, 1), torch.stack(labels, 1), prev)
         up = model.upsample_logits(low.float())
         loss = loss_fn(up, target)
         total = loss if total is None else total + loss
@@ -174,14 +170,6 @@ def correction_rounds(
         coords.append(c.to(emb.device).float())
         labels.append(lab.to(emb.device).long())
     return loss_fn(model.upsample_logits(run(prev)), target)
-
-
-def _click_tensors(clicks: Sequence[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Host clicks (:class:`volsam.prompts.Click` or None: no click, label -1) -> ([B, 3], [B]) tensors."""
-    coords = [(0.0, 0.0, 0.0) if c is None else c.point for c in clicks]
-    labels = [-1 if c is None else int(c.positive) for c in clicks]
-    return (torch.tensor(coords, dtype=torch.float32, device=device),
-            torch.tensor(labels, dtype=torch.long, device=device))
 
 
 def correction_loss(
