@@ -400,10 +400,9 @@ class Session:
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise ValueError(f"a point must be 3 finite numbers (i, j, k), got {point!r}")
         vol = self.volume
-        with np.errstate(over="ignore", invalid="ignore"):  # a huge world point: inf/NaN, refused below
-            v = world_to_voxel(p, vol.affine) if world else p
-        shape = np.asarray(vol.shape)
-        if not np.all(np.isfinite(v)) or np.any(v < -0.5) or np.any(v >= shape - 0.5):
+        v, inside = self._voxels_inside(p[None], world)
+        v = v[0]
+        if not inside[0]:
             pt = tuple(float(x) for x in p)
             what = (
                 f"world point {pt} mm (RAS) = voxel {tuple(round(float(x), 2) for x in v)}"
@@ -412,6 +411,14 @@ class Session:
             )
             raise ValueError(f"{what} is outside the volume of shape {tuple(vol.shape)} (valid voxel indices 0..n-1)")
         return v
+
+    def _voxels_inside(self, points: np.ndarray, world: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Finite points (N, 3) (voxel, or mm RAS+ with ``world``) -> float voxel coordinates (N, 3) and (N,)
+        bool: the point rounds to a voxel of the volume. Checked on floats, before any integer cast."""
+        with np.errstate(over="ignore", invalid="ignore"):  # a huge world point: inf/NaN, never inside
+            v = world_to_voxel(points, self.volume.affine) if world else points
+        inside = np.all(np.isfinite(v) & (v >= -0.5) & (v < np.asarray(self.volume.shape) - 0.5), axis=1)
+        return v, inside
 
     def _window_at(self, voxel: np.ndarray) -> Window:
         return Window(voxel_to_world(voxel, self.volume.affine), size=self.size, spacing=self.spacing)
@@ -736,10 +743,8 @@ class Session:
                     f"a {what} must be finite points (N, 3) or a mask shaped like the image {vol.shape}, "
                     f"got shape {a.shape}"
                 )
-            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN from huge world points: refused below
-                v = world_to_voxel(p, vol.affine) if world else p
-            # Bounds on the float coordinates: a huge finite point would overflow the integer cast.
-            bad = ~np.all(np.isfinite(v) & (v >= -0.5) & (v < np.asarray(vol.shape) - 0.5), axis=1)
+            v, inside = self._voxels_inside(p, world)
+            bad = ~inside
             if bad.any():
                 raise ValueError(f"{what} point {tuple(p[bad][0].tolist())} is outside the volume of shape {vol.shape}")
             idx = np.floor(v + 0.5).astype(np.int64)
