@@ -82,17 +82,16 @@ def _validate(args: argparse.Namespace) -> int:
     from volsam.train.data import TrainDataset
     from volsam.train.validate import evaluate
 
+    # Per seed, the same windows and clicks for every model.
+    sets = [(seed, TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=seed)) for seed in args.seed]
     for ckpt in args.model:
         t = time.perf_counter()
         model = build_model("volsam_fusion", ckpt)
-        runs = []
-        for seed in args.seed:  # one seed: the same windows and clicks for every model
-            ds = TrainDataset.from_dataset(args.data, size=64, spacing=1.5, seed=seed)
-            runs.append(evaluate(model, ds, clicks=args.clicks, seed=seed, device="cpu")["per_click"])
+        runs = [evaluate(model, ds, clicks=args.clicks, seed=seed, device="cpu")["per_click"] for seed, ds in sets]
         mean = [sum(r[c] for r in runs) / len(runs) for c in range(args.clicks)]
         dice = " / ".join(f"{d:.4f}" for d in mean)
         seeds = ",".join(str(s) for s in args.seed)
-        print(f"{ckpt}: {len(ds)} targets, seed(s) {seeds}, Dice at clicks 1..{args.clicks}: {dice} "
+        print(f"{ckpt}: {len(sets[0][1])} targets, seed(s) {seeds}, Dice at clicks 1..{args.clicks}: {dice} "
               f"(mean of @1 and @{args.clicks}: {(mean[0] + mean[-1]) / 2:.4f}; {time.perf_counter() - t:.0f} s)")
     return 0
 

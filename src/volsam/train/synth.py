@@ -157,7 +157,7 @@ class SynthGenerator:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad():
             img = synth_images(
-                torch.from_numpy(lab.astype(np.float64))[None, None],
+                torch.from_numpy(lab.astype(np.float32))[None, None],
                 torch.from_numpy(inside)[None, None],
                 gen,
                 self.config,
