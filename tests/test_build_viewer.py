@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import tarfile
@@ -10,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_viewer.py"
+from tests import load_script
 
 
 @pytest.fixture(scope="module")
 def bv():
-    spec = importlib.util.spec_from_file_location("build_viewer", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("build_viewer")
 
 
 def _fake_tarball(path: Path) -> Path:

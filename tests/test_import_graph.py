@@ -3,20 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "import_graph.py"
+from tests import load_script
 
 
 @pytest.fixture(scope="module")
 def graph_tool():
-    spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("import_graph")
 
 
 @pytest.fixture(scope="module")

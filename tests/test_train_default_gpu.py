@@ -3,7 +3,6 @@ seconds from the shipped weights, validate the result (the steps the GPU call ru
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import SCRIPTS, load_script
 from tests.train import one_thread, write_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_default_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_default_gpu")
 
 
 def test_pack_train_validate(script, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -63,7 +58,7 @@ def test_train_refuses_a_malformed_case_weight(script, tmp_path: Path, capsys: p
 
 @pytest.mark.parametrize("specs", [[], ["no options here"], ["ok:--lr 1e-3", "bad name:--lr 1e-3"]])
 def test_sweep_script_refuses_malformed_variants(tmp_path: Path, specs: list[str]):
-    sweep = SCRIPT.with_name("train_default_gpu_sweep.sh")
+    sweep = SCRIPTS / "train_default_gpu_sweep.sh"
     env = {**os.environ, "OUT": str(tmp_path / "out")}
     r = subprocess.run(["bash", str(sweep), *specs], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
