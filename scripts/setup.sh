@@ -3,16 +3,19 @@
 #   bash scripts/setup.sh          what `volsam` needs (mricron-data)
 #   bash scripts/setup.sh --test   also what the test suite needs (Debian's chromium for the viewer test)
 #   bash scripts/setup.sh --data   also the open training data (invesalius-examples head CT, nilearn's MNI152)
+#   options combine: bash scripts/setup.sh --test --data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=(mricron-data)
 extra="[test]"
-case "${1:-}" in
-    --test) command -v chromium >/dev/null 2>&1 || want+=(chromium); extra="[test]" ;;
-    --data) want+=(invesalius-examples); extra="[test,data]" ;;
-    "") ;;
-    *) echo "setup.sh: unknown option ${1}; expected --test or --data" >&2; exit 2 ;;
-esac
+# Options combine (`--test --data`); each one only adds packages.
+for opt in "$@"; do
+    case "$opt" in
+        --test) command -v chromium >/dev/null 2>&1 || want+=(chromium) ;;
+        --data) want+=(invesalius-examples); extra="[test,data]" ;;
+        *) echo "setup.sh: unknown option ${opt}; expected --test or --data" >&2; exit 2 ;;
+    esac
+done
 missing=()
 for p in "${want[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
