@@ -263,3 +263,19 @@ def test_predict_sh_runs_the_contract_in_a_workspace(tmp_path):
     with np.load(ws / "outputs" / "case_b.npz") as z:
         assert z["segs"].shape == SHAPE and z["segs"].dtype == np.uint8
         assert set(np.unique(z["segs"])) == {0, 1, 2}  # both boxed classes segmented
+
+
+@pytest.mark.parametrize("random_weights", [False, True])
+def test_challenge_predict_passes_random_weights_to_the_model(tmp_path, capsys, random_weights):
+    """challenge-predict accepts --random-weights and hands it to each case's session (it was once dropped)."""
+    src, dst = tmp_path / "inputs", tmp_path / "outputs"
+    src.mkdir()
+    _write_case(src / "case_a.npz", gts=False)
+    argv = ["challenge-predict", "--input", str(src), "--output", str(dst), "--no-progress"]
+    argv += ["--model", "sam_med3d_mini"] + (["--random-weights"] if random_weights else [])
+    rc = main(argv)
+    err = capsys.readouterr().err
+    if random_weights:
+        assert rc == 0 and (dst / "case_a.npz").is_file()
+    else:  # every case fails with the one-line refusal
+        assert rc != 0 and "--random-weights" in err and not (dst / "case_a.npz").exists()

@@ -12,8 +12,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from volsam.session import Session
 
 EXIT_USAGE = 2
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -62,6 +66,25 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, devic
     _add_random_weights_arg(p)
     if device:
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _session(args: argparse.Namespace, device: str | None = None) -> Session:
+    """The Session a command's model and runtime options ask for (``device`` overrides ``args.device``);
+    options the command does not have take Session's defaults, so every command reads them the same way."""
+    from volsam.session import Session
+
+    opts = {
+        "clip": tuple(args.clip) if getattr(args, "clip", None) else None,
+        "decoder_checkpoint": getattr(args, "decoder_checkpoint", None),
+        "trust_checkpoint": getattr(args, "trust_checkpoint", False),
+        "precision": getattr(args, "precision", "auto"),
+        "attention": getattr(args, "attention", "auto"),
+        "compile": getattr(args, "compile", None),
+        "memory": getattr(args, "memory", None),
+        "attention_backend": getattr(args, "encoder_attention", None),
+        "random_weights": getattr(args, "random_weights", False),
+    }
+    return Session(args.model, device if device is not None else args.device, **opts)
 
 
 def _add_random_weights_arg(p: argparse.ArgumentParser) -> None:
@@ -187,7 +210,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from volsam.io import check_output_path, default_output_path, read_header
-    from volsam.session import Session
 
     clicks = getattr(args, "clicks", None) or []
     if args.prompts is not None:
@@ -203,19 +225,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_path(args.output, args.image)
     t0 = time.perf_counter()
-    session = Session(
-        args.model,
-        args.device,
-        clip=tuple(args.clip) if args.clip else None,
-        decoder_checkpoint=args.decoder_checkpoint,
-        trust_checkpoint=args.trust_checkpoint,
-        precision=args.precision,
-        attention=args.attention,
-        compile=args.compile,
-        memory=args.memory,
-        attention_backend=args.encoder_attention,
-        random_weights=args.random_weights,
-    )
+    session = _session(args)
     _err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
     session.set_image(args.image)
@@ -255,21 +265,9 @@ def _segment_batch(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from volsam.batch import read_prompts, run_batch
-    from volsam.session import Session
 
     cases = read_prompts(args.prompts)  # a bad file fails here, before the model loads
-    session = Session(
-        args.model,
-        args.device,
-        clip=tuple(args.clip) if args.clip else None,
-        decoder_checkpoint=args.decoder_checkpoint,
-        trust_checkpoint=args.trust_checkpoint,
-        precision=args.precision,
-        attention=args.attention,
-        compile=args.compile,
-        memory=args.memory,
-        attention_backend=args.encoder_attention,
-    )
+    session = _session(args)
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=_err, disable=args.no_progress,
@@ -342,15 +340,9 @@ def _cmd_challenge_predict(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from volsam.challenge import challenge_predict
-    from volsam.session import Session
 
     def factory() -> Session:
-        return Session(
-            args.model,
-            args.device or "cpu",
-            decoder_checkpoint=args.decoder_checkpoint,
-            trust_checkpoint=args.trust_checkpoint,
-        )
+        return _session(args, args.device or "cpu")
 
     files = sorted(Path(args.input).glob("*.npz")) if Path(args.input).is_dir() else []
     bar = Progress(
