@@ -47,11 +47,11 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=5)
     a = p.parse_args()
 
+    model = build_model(DEFAULT_MODEL, a.model or default_weights_path()).eval()
+    plain = model.net
     table = {}
     for name, axes in (("plain", ()), (f"flips {a.flips}", tuple(a.flips))):
-        model = build_model(DEFAULT_MODEL, a.model or default_weights_path()).eval()
-        if axes:
-            model.net = FlipMean(model.net, axes)
+        model.net = FlipMean(plain, axes) if axes else plain
         per_seed = []
         for seed in a.seeds:
             with tempfile.TemporaryDirectory() as out:

@@ -68,22 +68,28 @@ def _add_model_args(p: argparse.ArgumentParser, *, required: bool = False, devic
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+# Session keyword <- argparse destination, for the model and runtime options a command may have.
+_SESSION_OPTIONS = {
+    "clip": "clip",
+    "decoder_checkpoint": "decoder_checkpoint",
+    "trust_checkpoint": "trust_checkpoint",
+    "precision": "precision",
+    "attention": "attention",
+    "compile": "compile",
+    "memory": "memory",
+    "attention_backend": "encoder_attention",
+    "random_weights": "random_weights",
+}
+
+
 def _session(args: argparse.Namespace, device: str | None = None) -> Session:
     """The Session a command's model and runtime options ask for (``device`` overrides ``args.device``);
-    options the command does not have take Session's defaults, so every command reads them the same way."""
+    options the command does not have are left to Session's own defaults."""
     from volsam.session import Session
 
-    opts = {
-        "clip": tuple(args.clip) if getattr(args, "clip", None) else None,
-        "decoder_checkpoint": getattr(args, "decoder_checkpoint", None),
-        "trust_checkpoint": getattr(args, "trust_checkpoint", False),
-        "precision": getattr(args, "precision", "auto"),
-        "attention": getattr(args, "attention", "auto"),
-        "compile": getattr(args, "compile", None),
-        "memory": getattr(args, "memory", None),
-        "attention_backend": getattr(args, "encoder_attention", None),
-        "random_weights": getattr(args, "random_weights", False),
-    }
+    opts = {kw: getattr(args, dest) for kw, dest in _SESSION_OPTIONS.items() if hasattr(args, dest)}
+    if opts.get("clip"):
+        opts["clip"] = tuple(opts["clip"])
     return Session(args.model, device if device is not None else args.device, **opts)
 
 
