@@ -252,7 +252,11 @@ def validate_case(case: Case) -> str | None:
         label = _read_array(case.label)
         if not case.targets:
             return None if label.any() else "label has no foreground"
-        if any(load_target_mask(case, t, label).any() for t in case.targets):
+        # value targets: one pass over the label instead of one per target (a dataset.json lists many)
+        plain = [t for t in case.targets if t.label_path is None and t.threshold is None and t.values is None]
+        if plain and np.isin(np.asarray([t.value for t in plain]), np.unique(label)).any():
+            return None
+        if any(load_target_mask(case, t, label).any() for t in case.targets if t not in plain):
             return None
     except Exception as e:
         return f"label unreadable: {e}"
