@@ -43,7 +43,7 @@ class VoxelPrompt:
 
     Never modified after creation, so undo snapshots share them."""
 
-    kind: str  # one of PROMPT_KINDS
+    kind: str  # one of PROMPT_KINDS, or "paint" (a brush or eraser stroke, positive: brush)
     positive: bool
     origin: np.ndarray  # (3,) int64, the volume voxel of mask[0, 0, 0]
     mask: np.ndarray  # bool (a, b, c) >= 1 voxel per axis

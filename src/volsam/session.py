@@ -19,6 +19,10 @@ Objects share one uint8 label map (object n has label n, at most :data:`MAX_OBJE
 default a new object never overwrites voxels of earlier objects (``overwrite=False``); with
 ``overwrite=True`` the newest wins. Each object keeps its mask cropped to its bounding box, so empty or
 small objects cost next to nothing, and a prompt that fails half-way leaves the session as it was.
+Prompts go to the current object: the newest, or the one :meth:`Session.select_object` names.
+:meth:`Session.delete_object` empties an object and keeps every label. :meth:`Session.paint` (brush, or
+eraser with ``erase=True``) adds strokes to the object's edit layer, forced on (off) on top of every later
+prediction of that object until undone. Undo covers prompts, paint, new and deleted objects.
 
 Boxes. The released weights have no box embedding, so a 3D box becomes: a window centred on the box
 centre, a positive click at the box centre, and the result restricted to the box grown by
@@ -84,6 +88,7 @@ from volsam.runtime import choose_runtime
 from volsam.session_state import (
     MASK_PROMPT_LOGIT,
     Crop,
+    ObjectInfo,
     ObjectState,
     Timings,
     WindowState,
@@ -106,6 +111,7 @@ __all__ = [
     "MAX_OBJECTS",
     "PROMPT_CHANNELS",
     "PROMPT_KINDS",
+    "ObjectInfo",
     "Session",
     "Timings",
     "default_weights_path",
@@ -225,7 +231,8 @@ class Session:
 
     def _clear_objects(self) -> None:
         self._objects: list[ObjectState] = [ObjectState(label=1)]
-        self._history: list[list[ObjectState]] = []
+        self._cur = 0  # index of the object prompts go to (object n has label n, index n - 1)
+        self._history: list[tuple[list[ObjectState], int]] = []  # (objects, current index) before each action
         self._label_map: np.ndarray | None = None
 
     def reset(self) -> None:
@@ -263,16 +270,22 @@ class Session:
 
     @property
     def _current(self) -> ObjectState:
-        return self._objects[-1]
+        return self._objects[self._cur]
 
     def _snapshot(self) -> None:
         # Logits and masks are never modified in place, so states can share them: only lists are copied.
         # Prompts change only the current object, so earlier ones are shared with the snapshot as they are.
+        # Paint strokes are a list of immutable prompts too; other actions replace an object, never edit it.
         cur = self._current
         copy = replace(
-            cur, windows=[replace(ws, clicks=list(ws.clicks)) for ws in cur.windows], prompts=list(cur.prompts)
+            cur,
+            windows=[replace(ws, clicks=list(ws.clicks)) for ws in cur.windows],
+            prompts=list(cur.prompts),
+            edits=list(cur.edits),
         )
-        self._history.append([*self._objects[:-1], copy])
+        objects = list(self._objects)
+        objects[self._cur] = copy
+        self._history.append((objects, self._cur))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -282,7 +295,7 @@ class Session:
         try:
             yield
         except BaseException:
-            self._objects = self._history.pop()
+            self._objects, self._cur = self._history.pop()
             self._label_map = None
             raise
 
@@ -406,7 +419,7 @@ class Session:
         self._current.mask = Crop.of(object_mask(self._current, self.volume.shape, self.volume.affine))
         self._label_map = None
         self.timings.paste_ms += (time.perf_counter() - t0) * 1e3
-        return self._visible_mask(len(self._objects) - 1)
+        return self._visible_mask(self._cur)
 
     def _visible_mask(self, index: int) -> np.ndarray:
         return visible_mask(self._objects, index, self.overwrite, self.volume.shape)
@@ -415,7 +428,7 @@ class Session:
     def mask(self) -> np.ndarray:
         """Current object's mask (uint8 0/1, shaped like the image array)."""
         self.volume  # noqa: B018 - raises when no image is set
-        return self._visible_mask(len(self._objects) - 1)
+        return self._visible_mask(self._cur)
 
     @property
     def label_map(self) -> np.ndarray:
@@ -431,16 +444,51 @@ class Session:
         if len(self._objects) >= MAX_OBJECTS:
             raise ValueError(f"a session holds at most {MAX_OBJECTS} objects (labels of one uint8 label map)")
         self._snapshot()
-        label = self._objects[-1].label + 1
+        label = len(self._objects) + 1
         self._objects.append(ObjectState(label=label))
+        self._cur = label - 1
         self._label_map = None
         return label
 
+    def _index(self, label: int) -> int:
+        self.volume  # noqa: B018 - raises when no image is set
+        n = len(self._objects)
+        if isinstance(label, bool) or not isinstance(label, int | np.integer) or not 1 <= label <= n:
+            raise ValueError(f"object label must be an existing object's label, 1..{n}, got {label!r}")
+        return int(label) - 1
+
+    def select_object(self, label: int) -> None:
+        """Make the existing object ``label`` (1-based, its value in the label map) the one later prompts,
+        paint and set_initial_mask edit. Not an action of its own: undo restores the object that was
+        current before the action it undoes."""
+        self._cur = self._index(label)
+
+    def delete_object(self, label: int) -> np.ndarray:
+        """Clear object ``label``: its mask, prompts, windows and paint. Other objects keep their labels (the
+        label stays, empty, and can be prompted again). Undoable; returns the label map."""
+        i = self._index(label)
+        self._history.append((list(self._objects), self._cur))  # the object is replaced, not edited: shared
+        self._objects[i] = ObjectState(label=i + 1)
+        self._label_map = None
+        return self.label_map
+
+    @property
+    def object_labels(self) -> list[ObjectInfo]:
+        """Every object, in label order: its label, visible voxels (after the overlap policy), volume in ml
+        and whether it is the current one."""
+        counts = np.bincount(self.label_map.ravel(), minlength=len(self._objects) + 1)
+        ml = float(np.prod(self.volume.spacing)) / 1000.0
+        return [
+            ObjectInfo(o.label, int(counts[o.label]), float(counts[o.label]) * ml, i == self._cur)
+            for i, o in enumerate(self._objects)
+        ]
+
     def undo(self) -> np.ndarray:
-        """Undo the last click, box or new_object; returns the current object's mask."""
+        """Undo the last prompt, paint, new_object or delete_object; the object that was current before it
+        is current again. Returns the current object's mask."""
         if not self._history:
             raise ValueError("nothing to undo")
-        self._objects = self._history.pop()
+        self._objects, self._cur = self._history.pop()
         self._label_map = None
         return self.mask
 
@@ -567,7 +615,18 @@ class Session:
         initial = np.ascontiguousarray(m != 0)
         initial.setflags(write=False)  # shared by undo snapshots
         with self._transaction():
-            self._objects[-1] = ObjectState(label=self._current.label, initial=initial)
+            self._objects[self._cur] = ObjectState(label=self._current.label, initial=initial)
+            return self._commit()
+
+    def paint(self, voxels: np.ndarray, *, erase: bool = False, world: bool = False) -> np.ndarray:
+        """Brush (or with ``erase`` eraser) on the current object: voxels (N, 3) (indices, or mm RAS+ with
+        ``world``; rounded) or a volume-shaped mask, forced into (out of) the object. Strokes form the
+        object's edit layer, applied in order on top of every later prediction until undone; no model runs.
+        Undoable like a click; returns the current object's mask."""
+        vol = self.volume
+        idx = voxel_set(voxels, vol.affine, vol.shape, world, "paint stroke")
+        with self._transaction():
+            self._current.edits.append(prompt_from_voxels("paint", not erase, idx))
             return self._commit()
 
     def prompt_channels(self, window: Window) -> np.ndarray:

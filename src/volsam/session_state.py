@@ -18,6 +18,7 @@ from volsam.transforms import Window, extract_window, paste_back, window_to_voxe
 __all__ = [
     "MASK_PROMPT_LOGIT",
     "Crop",
+    "ObjectInfo",
     "ObjectState",
     "Timings",
     "WindowState",
@@ -30,6 +31,17 @@ __all__ = [
 
 MASK_PROMPT_LOGIT = 8.0
 """Logit magnitude of an initial mask turned into a mask prompt (``+`` inside, ``-`` outside)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object of a session: ``label`` in the label map, visible ``voxels`` (after the overlap policy),
+    their volume in ``volume_ml`` and whether prompts go to it (``current``)."""
+
+    label: int
+    voxels: int
+    volume_ml: float
+    current: bool
 
 
 @dataclass
@@ -91,6 +103,7 @@ class ObjectState:
     num_clicks: int = 0  # user clicks (windows also hold the seeds of grown windows)
     prompts: list[VoxelPrompt] = field(default_factory=list)  # every user prompt, in order (voxel space)
     initial: np.ndarray | None = None  # bool volume-shaped initial mask (read-only), see set_initial_mask
+    edits: list[VoxelPrompt] = field(default_factory=list)  # paint strokes (kind "paint"; positive: brush)
     mask: Crop | None = None  # the object's mask before the overlap policy (None: empty); replaced, never edited
 
 
@@ -135,7 +148,8 @@ def border_touches(
 
 def object_mask(obj: ObjectState, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """The mask of ``obj`` (uint8, volume-shaped) before the overlap policy: the union of its windows'
-    masks, restricted to its box; with an initial mask, that mask outside the windows' footprint."""
+    masks, restricted to its box; with an initial mask, that mask outside the windows' footprint; then its
+    paint strokes, in order."""
     mask = np.zeros(shape, dtype=np.uint8)
     for ws in obj.windows:
         if ws.mask is not None:
@@ -153,6 +167,9 @@ def object_mask(obj: ObjectState, shape: tuple[int, ...], affine: np.ndarray) ->
         for ws in obj.windows:
             paste_back(np.zeros(ws.window.shape, dtype=np.uint8), ws.window, shape, affine, out=out)
         mask = out | mask
+    for e in obj.edits:
+        sl = tuple(slice(int(o), int(o) + n) for o, n in zip(e.origin, e.mask.shape, strict=True))
+        mask[sl][e.mask] = 1 if e.positive else 0
     return mask
 
 
