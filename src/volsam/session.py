@@ -28,7 +28,7 @@ mask starts it), and the level it has reached. One interaction:
    centres; a positive seed at the deepest point of the prior when no positive click is inside) and as
    its previous mask either its own last logits (when nothing was pasted since) or the canvas resampled
    into it (``+-MASK_PROMPT_LOGIT``, area-averaged). Its mask overwrites the canvas inside its footprint
-   (a coarse level pasted from its logits upsampled to the base spacing), so the previous prediction
+   (a coarse level pasted from its logits upsampled 2x), so the previous prediction
    carries across scales and clicks, and a correction anywhere acts on the whole object.
 3. *Zoom out.* While the window's mask touches a window face that lies inside the image, and a coarser
    level exists, a window one level coarser, centred on the mask's bounding box, predicts again.
@@ -451,8 +451,8 @@ class Session:
 
     @property
     def windows(self) -> list[tuple[Window, np.ndarray]]:
-        """The current object's windows and their (size,)^3 bool masks (before any box restriction),
-        in the order they were opened; the first is centred on the object's first click or box."""
+        """The current object's windows and their (size,)^3 bool masks (before any box restriction), in the
+        order they ran (multi-scale: those kept at the level reached, then the last interaction's)."""
         return [(ws.window, ws.mask) for ws in self._current.windows if ws.mask is not None]
 
     @property
