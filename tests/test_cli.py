@@ -224,7 +224,7 @@ def test_negative_coordinates_are_accepted(tmp_path):
 def test_itk_warnings_are_kept_off_stderr(tmp_path, capfd):
     import pydicom
 
-    from tests.test_io import _write_ct_series
+    from tests.io.helpers import _write_ct_series
 
     _write_ct_series(tmp_path / "ct", np.zeros((6, 5, 6), np.float32))
     files = sorted((tmp_path / "ct").iterdir(), key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
