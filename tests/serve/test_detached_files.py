@@ -1,0 +1,44 @@
+"""Headers naming data files outside themselves, through the server: an upload (which may name none) and a
+``{"path"}`` under the data root (which may name files inside the root only) answer 400 with one line,
+for every spelling SimpleITK takes (tests/io/detached.py), so no session holds the outside bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.io.detached import attacks, write_secret
+from tests.serve import test_app as base
+from tests.serve.test_app import _app, _upload
+
+model, truth, nifti_bytes, data_root = base.model, base.truth, base.nifti_bytes, base.data_root
+
+
+@pytest.fixture()
+def client(model, data_root):
+    with TestClient(_app(model, data_root=data_root)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("name", sorted(attacks("s", "p%d")))
+def test_detached_data_file_attacks_answer_400(client, data_root, tmp_path, name):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret, pattern = write_secret(outside)
+    filename, header = attacks(secret, pattern)[name]
+    filename = filename.replace(".nhdr", ".nrrd").replace(".mhd", ".mha")  # the extensions the server takes
+    r = _upload(client, header, name=filename)
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert "\n" not in detail and detail.startswith(filename) and "volsam-upload" not in detail, detail
+    here = data_root / "case01"
+    rel_secret, rel_pattern = os.path.relpath(secret, here), os.path.relpath(pattern, here)
+    for i, (s, p) in enumerate(((secret, pattern), (rel_secret, rel_pattern))):
+        path = f"case01/{i}{filename}"
+        (data_root / path).write_bytes(attacks(s, p)[name][1])
+        r = client.post("/sessions", json={"path": path})
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert "\n" not in detail and detail.startswith(path) and str(data_root) not in detail, detail
