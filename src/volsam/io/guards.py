@@ -1,14 +1,18 @@
 """Checks made on a header before any library reads voxels: voxel budget, header length, MetaImage
-``NDims``, and the detached data files an NRRD or MetaImage header names (and the policy on them)."""
+``NDims``, the detached data files an NRRD or MetaImage header names (and the policy on them), and
+what a NIfTI header's extensions and ``vox_offset`` would make nibabel read or inflate."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from volsam.io.volume import DetachedDataError, ImageHeader, ImageReadError, _one_line
 
@@ -18,8 +22,12 @@ DEFAULT_MAX_VOXELS = 2**28
 # A header (NRRD up to its blank line, MetaImage up to ElementDataFile) longer than this is refused: real
 # ones are kilobytes, and one that never ends must not be scanned (or its data read) without bound.
 MAX_HEADER_BYTES = 8 << 20
-# Most NIfTI extension bytes (between the header and vox_offset) a .nii.gz may make us inflate and skip.
+# Most NIfTI extension bytes (between the header and vox_offset) a .nii.gz may make nibabel read into memory
+# (it reads each extension whole while parsing the header), and the largest vox_offset (bytes inflated and
+# skipped before the voxels).
 _MAX_NIFTI_OFFSET = 64 << 20
+# Most NIfTI header extensions: nibabel keeps an object per extension, and 8-byte ones cost nothing to send.
+_MAX_NIFTI_EXTENSIONS = 1024
 # Detached data files a pattern or LIST may name before the header is refused.
 _MAX_DATA_FILES = 4096
 # Longest detached data file name accepted where data files are checked (a name is cut at 499 bytes by MetaIO).
@@ -241,3 +249,63 @@ def _check_budget(header: ImageHeader, p: Path, max_voxels: int | None) -> None:
         raise ImageReadError(
             f"{p} declares {voxels} voxels (shape {header.shape}), more than the limit of {max_voxels} (--max-voxels)"
         )
+
+
+def check_nifti_header(p: Path) -> None:
+    """Refuse a NIfTI file whose header would make nibabel read or inflate more than
+    :data:`_MAX_NIFTI_OFFSET` bytes before any size check: call before nibabel opens ``p``.
+
+    nibabel reads the header's extensions whole while it parses the header, from the end of the header
+    (byte 352, NIfTI-2: 544) up to ``vox_offset``, or to the end of the file when ``vox_offset`` is at
+    most that (each extension's size comes from the file, up to 2 GiB); then it inflates and skips
+    ``vox_offset`` bytes before the voxels. Here the same walk is made over the decompressed stream
+    with nibabel's own arithmetic, skipping extension bytes instead of keeping them, so at most
+    :data:`_MAX_NIFTI_OFFSET` bytes are inflated (in 1 MiB pieces). Headers nibabel cannot parse are
+    left to nibabel's own error.
+    """
+    with (gzip.open(p, "rb") if p.name.lower().endswith(".gz") else p.open("rb")) as f:
+        head = f.read(348)
+        if len(head) < 348:
+            return
+        order = next((o for o in "<>" if int(np.frombuffer(head[:4], o + "i4")[0]) in (348, 540)), None)
+        if order is None:
+            return
+        if int(np.frombuffer(head[:4], order + "i4")[0]) == 540:
+            head += f.read(540 - 348)
+            if len(head) < 540:
+                return
+            vox_offset = np.frombuffer(head[168:176], order + "i8")[0]
+        else:
+            vox_offset = np.frombuffer(head[108:112], order + "f4")[0]
+        if vox_offset > _MAX_NIFTI_OFFSET:
+            raise ImageReadError(
+                f"{p} puts its voxels {float(vox_offset):.0f} bytes in (vox_offset); "
+                f"expected at most {_MAX_NIFTI_OFFSET >> 20} MiB of header extensions"
+            )
+        extender = f.read(4)
+        if len(extender) < 4 or extender[:1] == b"\0":
+            return
+        size, total = vox_offset - f.tell(), 0  # nibabel's Nifti1Extensions.from_fileobj, step by step
+        for count in range(_MAX_NIFTI_EXTENSIONS + 1):
+            if not (size >= 16 or size < 0):
+                return
+            ext_def = f.read(8)
+            if len(ext_def) < 8:
+                return  # the end of the file (nibabel stops there or refuses the header itself)
+            if count == _MAX_NIFTI_EXTENSIONS:
+                raise ImageReadError(f"{p} has more than {_MAX_NIFTI_EXTENSIONS} NIfTI header extensions")
+            esize = np.frombuffer(ext_def, order + "i4")[0]
+            total += int(esize)
+            if esize < 8 or total > _MAX_NIFTI_OFFSET:
+                shown = f"one of {int(esize)} bytes" if esize < 8 else f"{total} bytes or more"
+                raise ImageReadError(
+                    f"{p} has NIfTI header extensions of {shown}; expected at most "
+                    f"{_MAX_NIFTI_OFFSET >> 20} MiB of extensions, each at least 8 bytes"
+                )
+            left = int(esize) - 8
+            while left > 0:
+                piece = len(f.read(min(left, 1 << 20)))
+                if not piece:
+                    return  # truncated: nibabel refuses it, having read no more than this
+                left -= piece
+            size -= esize
