@@ -9,7 +9,7 @@ import os
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.io.detached import attacks, write_secret
+from tests.io.detached import MHA_FIELDS, NRRD_FIELDS, attacks, write_secret
 from tests.serve import test_app as base
 from tests.serve.test_app import _app, _upload
 
@@ -42,3 +42,18 @@ def test_detached_data_file_attacks_answer_400(client, data_root, tmp_path, name
         assert r.status_code == 400, r.text
         detail = r.json()["detail"]
         assert "\n" not in detail and detail.startswith(path) and str(data_root) not in detail, detail
+
+
+@pytest.mark.parametrize(
+    ("filename", "header"),
+    [
+        ("x.mha", MHA_FIELDS + b"ElementDataFile = \0\n"),
+        ("x.nrrd", b"NRRD0004\n" + NRRD_FIELDS + b"data file: \0/etc/hostname\n\n"),
+        ("y.nrrd", b"NRRD0004\n" + NRRD_FIELDS + b"data file: /etc/host\0name\n\n"),
+    ],
+)
+def test_nul_in_a_data_file_name_answers_400(client, data_root, filename, header):
+    """A NUL in a data file name was a 500 under a data root (Path.resolve raised ValueError)."""
+    (data_root / filename).write_bytes(header)
+    r = client.post("/sessions", json={"path": filename})
+    assert r.status_code == 400 and r.json()["detail"].startswith(filename), r.text
