@@ -7,11 +7,15 @@ Scenarios (each runs in its own child process, so ``ru_maxrss`` is that request'
 - ``padded-header``: an NRRD header padded past 64 KB with ``data file: /etc/hostname``, uploaded.
 - ``huge-header``: a 200 MB NRRD whose header never ends (comment lines), opened by ``{"path"}``.
 - ``objects``: one click, then N ``POST /objects`` on a 256^3 image (RSS after, ms per call).
+- ``ext-bomb``: a ~3 MB ``.nii.gz`` whose header extensions inflate to ``--ext-gib`` GiB (issue 30 item 2),
+  uploaded.
+- ``ext-bomb-old``: the same file through the code path main had before the fix: its ``read_header``
+  called ``nibabel.load(path, mmap=False).header`` first, which reads the extensions whole.
 
 The server is the in-process ASGI app (``fastapi.testclient``), with the shipped model; the requests
 are real HTTP requests to it. ``--max-voxels`` is the server's default (2^28).
 
-    python -m benchmarks.bench_hardening [--only bomb,objects] [--objects 300]
+    python -m benchmarks.bench_hardening [--only bomb,objects] [--objects 300] [--ext-gib 3]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 import zlib
 from pathlib import Path
 
-SCENARIOS = ("bomb", "tiny-header", "padded-header", "huge-header", "objects")
+SCENARIOS = ("bomb", "tiny-header", "padded-header", "huge-header", "objects", "ext-bomb", "ext-bomb-old")
 
 
 def _rss_mb() -> float:
@@ -62,7 +66,52 @@ def _file(name: str, tmp: Path) -> tuple[str, bytes]:
     raise ValueError(name)
 
 
-def _child(name: str, objects: int) -> dict:
+def _ext_bomb(gib: float) -> bytes:
+    """A NIfTI-1 .nii.gz with vox_offset 0 (nibabel reads extensions to the end of the file) and ``gib`` GiB
+    of extensions of at most 1 GiB each, filled with 0x01 (nibabel strips trailing NULs, so zeros would be
+    dropped once read; these are kept), as gzip members of one MiB compressed once."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    hdr = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)).header.copy()
+    hdr["vox_offset"] = 0
+    mib, total = gzip.compress(b"\1" * (1 << 20), compresslevel=9), int(gib * 1024)
+    parts = [gzip.compress(hdr.binaryblock + b"\1\0\0\0")]
+    while total > 0:
+        n = min(total, 1024)
+        parts += [gzip.compress(np.array([(n << 20) + 8, 0], "<i4").tobytes()), *[mib] * n]
+        total -= n
+    return b"".join([*parts, gzip.compress(bytes(8))])
+
+
+def _ext_bomb_old(gib: float) -> dict:
+    import nibabel as nib
+
+    tmp = Path(tempfile.mkdtemp())
+    path = tmp / "ext-bomb.nii.gz"
+    path.write_bytes(_ext_bomb(gib))
+    base, t0 = _peak_mb(), time.perf_counter()
+    try:
+        hdr = nib.load(path, mmap=False).header
+        outcome = f"header parsed, {len(hdr.extensions)} extensions"
+    except Exception as e:  # whatever nibabel raises is the outcome measured
+        outcome = f"{type(e).__name__}: {e}"[:160]
+    return {
+        "scenario": "ext-bomb-old",
+        "file_mb": round(path.stat().st_size / 1e6, 2),
+        "inflates_gib": gib,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "peak_before_mb": round(base, 1),
+        "peak_mb": round(_peak_mb(), 1),
+        "detail": outcome,
+    }
+
+
+def _child(name: str, objects: int, ext_gib: float = 3.0) -> dict:
+    if name == "ext-bomb-old":
+        return _ext_bomb_old(ext_gib)
     from fastapi.testclient import TestClient
 
     from volsam.serve import create_app
@@ -106,7 +155,7 @@ def _child(name: str, objects: int) -> dict:
             base, t0 = _peak_mb(), time.perf_counter()
             r = c.post("/sessions", json={"path": "huge.nrrd"})
         else:
-            filename, data = _file(name, tmp)
+            filename, data = ("ext-bomb.nii.gz", _ext_bomb(ext_gib)) if name == "ext-bomb" else _file(name, tmp)
             base, t0 = _peak_mb(), time.perf_counter()
             r = c.post("/sessions", files={"file": (filename, io.BytesIO(data), "application/octet-stream")})
         seconds = time.perf_counter() - t0
@@ -124,14 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     ap.add_argument("--objects", type=int, default=300, help="POST /objects calls of the objects scenario")
+    ap.add_argument("--ext-gib", type=float, default=3.0, help="GiB the ext-bomb's header extensions inflate to")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.objects)))
+        print(json.dumps(_child(args.child, args.objects, args.ext_gib)))
         return 0
     for name in args.only.split(","):
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_hardening", "--child", name, "--objects", str(args.objects)],
+            [
+                *(sys.executable, "-m", "benchmarks.bench_hardening", "--child", name),
+                *("--objects", str(args.objects), "--ext-gib", str(args.ext_gib)),
+            ],
             capture_output=True,
             text=True,
             check=False,
