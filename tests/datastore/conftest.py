@@ -8,6 +8,7 @@ not installed (``apt-get install orthanc orthanc-dicomweb``; ``scripts/setup.sh 
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import shutil
@@ -102,16 +103,14 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _wait_until_up(server: OrthancServer, proc: subprocess.Popen, limit_s: float = 60.0) -> None:
-    request = urllib.request.Request(f"{server.root}/dicom-web/studies")
-    auth = urllib.request.HTTPBasicAuthHandler()
-    auth.add_password(None, server.root, server.user, server.password)
-    opener = urllib.request.build_opener(auth)
+    token = base64.b64encode(f"{server.user}:{server.password}".encode()).decode()
+    request = urllib.request.Request(f"{server.root}/dicom-web/studies", headers={"Authorization": f"Basic {token}"})
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {proc.returncode}: {server.log.read_text()[-2000:]}")
         try:
-            with opener.open(request, timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

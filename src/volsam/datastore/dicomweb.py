@@ -116,7 +116,9 @@ class DicomwebDatastore(Datastore):
         url: the DICOMweb root, e.g. ``http://pacs:8042/dicom-web`` (Orthanc's plugin).
         user, password: HTTP basic credentials; token: a bearer token (not both).
         timeout: seconds to wait for the server to connect or to send the next bytes of a response.
-        retries: extra tries after a 408/429/503/504 answer (with 0.5 s, 1 s, ... waits).
+        retries: extra tries after a refused connection, a timeout or a 408/429/503/504 answer, after
+            0.5 s, 1 s, ... (dicomweb-client's backoff): a PACS that is down fails after ~0.5 s with the
+            default, one that accepts but never answers after (retries + 1) * timeout + the waits.
         cache_dir: where series are retrieved and labels saved (see the module docstring).
     """
 
@@ -128,7 +130,7 @@ class DicomwebDatastore(Datastore):
         password: str | None = None,
         token: str | None = None,
         timeout: float = 30.0,
-        retries: int = 2,
+        retries: int = 1,
         cache_dir: str | Path | None = None,
     ) -> None:
         parts = urlsplit(url)
