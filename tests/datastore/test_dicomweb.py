@@ -15,7 +15,14 @@ import pydicom
 import pytest
 
 from volsam import Session
-from volsam.datastore import DatastoreError, LabelConflictError, SeriesGeometryError, open_datastore, restore_labels
+from volsam.datastore import (
+    DatastoreError,
+    LabelConflictError,
+    PushError,
+    SeriesGeometryError,
+    open_datastore,
+    restore_labels,
+)
 from volsam.datastore.series import write_dicom_series
 
 dicomweb_client = pytest.importorskip("dicomweb_client")
@@ -194,8 +201,9 @@ def test_push_failure_keeps_the_local_save_and_pushes_later(orthanc, series, tmp
     lm = np.zeros(vol.shape, np.uint8)
     lm[10:30, 10:30, 5:15] = 1
     down = DicomwebDatastore(f"http://127.0.0.1:{free_port()}/dicom-web", cache_dir=tmp_path / "c", retries=0)
-    with pytest.raises(DatastoreError) as err:
+    with pytest.raises(PushError) as err:
         down.save_label(uid, lm, reference=vol)
+    assert err.value.saved.version == 1 and err.value.saved.path.is_file()
     msg = str(err.value)
     assert msg.startswith(f"label saved locally as version 1 ({tmp_path / 'c' / 'labels' / 'final' / uid}.v1.nii.gz);")
     assert "unreachable (connection refused)" in msg and "volsam datastore push" in msg

@@ -33,6 +33,7 @@ __all__ = [
     "ImageEntry",
     "LabelConflictError",
     "LabelKind",
+    "PushError",
     "SavedLabel",
     "SeriesGeometryError",
     "restore_labels",
@@ -53,6 +54,14 @@ class LabelConflictError(DatastoreError):
         super().__init__(message)
         self.latest = latest
         self.base = base
+
+
+class PushError(DatastoreError):
+    """A label was saved locally (``saved``) but could not be stored to the PACS; push it again later."""
+
+    def __init__(self, message: str, saved: SavedLabel) -> None:
+        super().__init__(message)
+        self.saved = saved
 
 
 class SeriesGeometryError(DatastoreError, ValueError):
@@ -115,9 +124,10 @@ class Datastore(ABC):
         """Every image with the latest version of each of its labels."""
 
     @abstractmethod
-    def get_image(self, image_id: str) -> Volume:
+    def get_image(self, image_id: str, *, max_voxels: int | None = None) -> Volume:
         """The image as a Volume (DICOMweb: retrieved into the local cache first; a cached copy is reused).
-        Raises KeyError for an unknown id, :class:`SeriesGeometryError` for an irregular series."""
+        Raises KeyError for an unknown id, :class:`SeriesGeometryError` for an irregular series,
+        :class:`~volsam.io.ImageReadError` for an unreadable one or one over ``max_voxels`` voxels."""
 
     @abstractmethod
     def get_label(self, image_id: str, kind: str = "final") -> tuple[np.ndarray, int] | None:
@@ -132,13 +142,17 @@ class Datastore(ABC):
         *,
         base_version: int | None = None,
         force: bool = False,
+        reference: Volume | None = None,
     ) -> SavedLabel:
         """Save ``label_map`` (X, Y, Z, on the image grid) as a new version of ``kind``.
+
+        ``reference``: the image as :meth:`get_image` gave it (saves reading or retrieving it again).
 
         ``base_version``: the version the edit started from (None: from no saved label). Raises
         :class:`LabelConflictError` when a newer version exists, unless ``force`` (the new version is then
         saved on top; nothing is overwritten). DICOMweb: saved locally first, then a ``final`` label is
-        stored to the PACS as DICOM-SEG; a failed push raises :class:`DatastoreError` naming the local copy.
+        stored to the PACS as DICOM-SEG; a failed push raises :class:`PushError` (its ``saved``: the local
+        version, kept).
         """
 
     @abstractmethod

@@ -20,6 +20,7 @@ the session's), and every message names the URL without them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -37,7 +38,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from volsam.atomic import atomic_path
-from volsam.datastore.base import Datastore, DatastoreError, ImageEntry, SavedLabel
+from volsam.datastore.base import Datastore, DatastoreError, ImageEntry, PushError, SavedLabel
 from volsam.datastore.labels import LabelStore
 from volsam.datastore.series import check_series_geometry, write_dicom_series
 from volsam.io import Volume, read_image, write_mask
@@ -53,6 +54,7 @@ _NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _STOW_BATCH = 64  # instances per STOW-RS request: bounds request size for big series
 _SEG_LABEL = re.compile(r"^label (\d+)$")
+_log = logging.getLogger(__name__)
 
 
 def safe_url(url: str) -> str:
@@ -305,8 +307,8 @@ class DicomwebDatastore(Datastore):
             shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    def get_image(self, image_id: str) -> Volume:
-        return read_image(self.pull(image_id))
+    def get_image(self, image_id: str, *, max_voxels: int | None = None) -> Volume:
+        return read_image(self.pull(image_id), max_voxels=max_voxels)
 
     # ------------------------------------------------------------------ labels
     def _source_uids(self, volume: Volume) -> list[str]:
@@ -339,9 +341,14 @@ class DicomwebDatastore(Datastore):
 
     def get_label(self, image_id: str, kind: str = "final") -> tuple[np.ndarray, int] | None:
         """The latest ``kind`` label; for ``final``, a SEG on the server newer than anything saved or
-        pulled here (another workstation's save) is pulled first and saved as a new local version."""
+        pulled here (another workstation's save) is pulled first and saved as a new local version. A
+        server that cannot be reached then is logged, and the labels saved here are used."""
         if kind == "final":
-            self._pull_newer_seg(image_id)
+            try:
+                self._pull_newer_seg(image_id)
+            except DatastoreError as err:
+                # Offline: the labels saved here are still the work to continue from.
+                _log.warning("%s; continuing from the labels saved in %s", err, self.cache)
         return self.labels.load(image_id, kind)
 
     def _pull_newer_seg(self, series_uid: str) -> None:
@@ -392,9 +399,10 @@ class DicomwebDatastore(Datastore):
         try:
             self._stow([seg_path], f"storage of the DICOM-SEG of {image_id} v{saved.version} (STOW-RS)")
         except DatastoreError as err:
-            raise DatastoreError(
+            raise PushError(
                 f"label saved locally as version {saved.version} ({saved.path}); {err}; "
-                "`volsam datastore push` sends it later"
+                "`volsam datastore push` sends it later",
+                saved,
             ) from None
         self.labels.annotate(image_id, kind, saved.version, pushed=True)
         remote = {"seg_series_instance_uid": str(seg.SeriesInstanceUID),

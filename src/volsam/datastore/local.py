@@ -99,11 +99,11 @@ class LocalDatastore(Datastore):
             for image_id, path in self._images().items()
         ]
 
-    def get_image(self, image_id: str) -> Volume:
+    def get_image(self, image_id: str, *, max_voxels: int | None = None) -> Volume:
         path = self.path_of(image_id)
         if path.is_dir():
             check_series_files([f for f in sorted(path.iterdir()) if f.is_file()], f"DICOM series {path}")
-        return read_image(path)
+        return read_image(path, max_voxels=max_voxels)
 
     def get_label(self, image_id: str, kind: str = "final") -> tuple[np.ndarray, int] | None:
         return self.labels.load(image_id, kind)
