@@ -275,8 +275,11 @@ class DicomwebDatastore(Datastore):
 
     def pull(self, series_uid: str, *, refresh: bool = False) -> Path:
         """Retrieve a series into the cache (WADO-RS) and return its folder; a cached series is reused
-        unless ``refresh``. Checks the series is a regular grid before it is kept
-        (:class:`SeriesGeometryError` otherwise); a failed retrieval leaves no partial folder."""
+        without asking the server (so work continues offline) unless ``refresh``. Checks the series is a
+        regular grid before it is kept (:class:`SeriesGeometryError` otherwise); a failed retrieval leaves
+        no partial folder."""
+        if not isinstance(series_uid, str) or not _UID.match(series_uid):
+            raise ValueError(f"expected a SeriesInstanceUID (digits and dots), got {series_uid!r}")
         final = self.series_dir(series_uid)
         if final.is_dir() and not refresh:
             return final
