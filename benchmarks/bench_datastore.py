@@ -14,7 +14,12 @@ and written as a DICOM CT series (one file per slice). Against Orthanc (Debian's
   ``add_click`` of the shipped default model (loaded once beforehand, as a server does);
 - ``save``: :meth:`DicomwebDatastore.save_label` of that mask (local NIfTI + DICOM-SEG + STOW-RS).
 
+With ``--failures`` it instead prints the message of each failure case (PACS down, PACS silent, wrong
+password, a push that fails after the local save, a missing slice, uneven spacing, two sessions saving one
+image) on a 24-slice crop of the same CT, with the time each took to fail.
+
     python -m benchmarks.bench_datastore [--slices 200] [--repeats 3] [--url URL --user U --password P]
+    python -m benchmarks.bench_datastore --failures
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def local_orthanc(work: Path):
               "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
               "AuthenticationEnabled": True, "RegisteredUsers": {user: password}, "Plugins": [plugins[0]],
               "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    work.mkdir(parents=True, exist_ok=True)
     (work / "orthanc.json").write_text(json.dumps(config))
     log = open(work / "orthanc.log", "wb")
     proc = subprocess.Popen([binary, str(work / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
@@ -107,7 +113,11 @@ def main() -> None:
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--failures", action="store_true", help="print each failure case's message instead")
     args = ap.parse_args()
+    if args.failures:
+        failures()
+        return
 
     import torch
 
@@ -157,6 +167,82 @@ def main() -> None:
           f"server {'given' if args.url else 'Orthanc (Debian) on loopback'}; torch threads {torch.get_num_threads()}")
     print(f"median of {len(timed)} runs after 1 warm-up (s): " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
     print("runs:", json.dumps([{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]))
+
+
+def failures() -> None:
+    """Each failure case, its exception type, message and time to fail."""
+    import pydicom
+
+    from volsam.datastore import LocalDatastore
+    from volsam.datastore.dicomweb import DicomwebDatastore
+    from volsam.datastore.series import write_dicom_series
+    from volsam.io import Volume
+
+    ct = head_ct(0)
+    small = Volume(np.asarray(ct.array)[64:192, 64:192, 40:64], ct.affine)
+
+    def show(name, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn()
+            print(f"{name}: no error (!)")
+        except Exception as e:  # printing what each case raises is the point
+            print(f"{name} [{type(e).__name__}, {time.perf_counter() - t0:.2f} s]: {e}")
+
+    with tempfile.TemporaryDirectory(prefix="volsam-bench-fail-") as tmp:
+        work = Path(tmp)
+        files = write_dicom_series(small, work / "ct", modality="CT")
+        uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}/dicom-web"
+        down = DicomwebDatastore(dead, user="alice", password="s3cret-pw", cache_dir=work / "c1")
+        show("PACS down (closed port, basic auth given)", down.list_images)
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            silent = DicomwebDatastore(f"http://127.0.0.1:{srv.getsockname()[1]}/dicom-web", token="s3cret-token",
+                                       timeout=2, retries=0, cache_dir=work / "c2")
+            show("PACS silent (accepts, never answers; timeout 2 s)", silent.list_images)
+        with local_orthanc(work / "orthanc") as (url, user, password):
+            show("wrong password", DicomwebDatastore(url, user=user, password="wrong-pw", cache_dir=work / "c3")
+                 .list_images)
+            live = DicomwebDatastore(url, user=user, password=password, cache_dir=work / "c4")
+            live.add_image(work / "ct")
+            vol = live.get_image(uid)
+            lm = np.zeros(vol.shape, np.uint8)
+            lm[40:80, 40:80, 5:15] = 1
+            gone = DicomwebDatastore(dead, user=user, password=password, cache_dir=work / "c4", retries=0)
+            show("push after the local save, PACS down", lambda: gone.save_label(uid, lm, reference=vol))
+            print(f"  kept locally: {live.labels.latest(uid)['file']} (pushed={live.labels.latest(uid)['pushed']}); "
+                  f"push_pending -> {[s.version for s in live.push_pending()]}")
+            gap = work / "gap"
+            gap.mkdir()
+            for n, f in enumerate(files):
+                if n != 7:
+                    shutil.copy(f, gap / f.name)
+            ds = pydicom.dcmread(files[0])
+            ds.SeriesInstanceUID = gap_uid = pydicom.uid.generate_uid()
+            for f in sorted(gap.iterdir()):
+                d = pydicom.dcmread(f)
+                d.SeriesInstanceUID, d.SOPInstanceUID = gap_uid, pydicom.uid.generate_uid()
+                d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID
+                d.save_as(f, enforce_file_format=True)
+            live.client.store_instances([pydicom.dcmread(f) for f in sorted(gap.iterdir())])
+            show("series with a missing slice (from the PACS)", lambda: live.get_image(gap_uid))
+        uneven = work / "local" / "uneven"
+        uneven_files = write_dicom_series(small, uneven, modality="CT")
+        for f in uneven_files[12:]:
+            d = pydicom.dcmread(f)
+            d.ImagePositionPatient = [d.ImagePositionPatient[0], d.ImagePositionPatient[1],
+                                      float(d.ImagePositionPatient[2]) + 0.5]
+            d.save_as(f, enforce_file_format=True)
+        show("series with uneven spacing (local folder)", lambda: LocalDatastore(work / "local").get_image("uneven"))
+        store = LocalDatastore(work / "local")
+        shutil.copytree(work / "ct", work / "local" / "head")
+        ref = store.get_image("head")
+        store.save_label("head", lm, reference=ref, base_version=None)
+        show("second session saves the same image", lambda: store.save_label("head", lm, reference=ref))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ class DicomwebDatastore(Datastore):
             status = f"HTTP {resp.status_code} {resp.reason}" if resp is not None else "HTTP error"
             hint = ""
             if resp is not None and resp.status_code in (401, 403):
-                hint = (" (check the credentials: --user/--password or --token, or "
+                hint = (" (check the credentials: --dicomweb-user/--dicomweb-password or --dicomweb-token, or "
                         f"{ENV_USER}/{ENV_PASSWORD}/{ENV_TOKEN})")
             raise DatastoreError(self._scrub(f"DICOMweb {what} at {self.location} failed: {status}{hint}")) from None
         except requests.exceptions.Timeout:
