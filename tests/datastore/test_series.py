@@ -9,7 +9,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from volsam.datastore import SeriesGeometryError
-from volsam.datastore.series import check_series_geometry, write_dicom_series
+from volsam.datastore.series import check_series_files, check_series_geometry, write_dicom_series
 from volsam.io import Volume, read_image
 
 
@@ -74,3 +74,13 @@ def test_oblique_ct_series_geometry(tmp_path):
     assert np.array_equal(back.array, hu) and np.allclose(back.affine, affine, atol=1e-4)
     with pytest.raises(ValueError, match="integer intensities within int16"):
         write_dicom_series(Volume(hu + 0.5, affine), tmp_path / "bad")
+
+
+def test_series_files_skip_non_images_and_refuse_two_series(tmp_path, head_crop):
+    small = Volume(np.asarray(head_crop.array)[:8, :8, :6], head_crop.affine)
+    files = write_dicom_series(small, tmp_path / "a")
+    (tmp_path / "a" / "README.txt").write_text("not DICOM")
+    check_series_files([*files, tmp_path / "a" / "README.txt"], "folder a")  # the text file is skipped
+    other = write_dicom_series(small, tmp_path / "b")
+    with pytest.raises(SeriesGeometryError, match="folder a: holds 2 DICOM series; expected one series per folder"):
+        check_series_files([*files, *other], "folder a")

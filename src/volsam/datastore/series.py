@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from volsam.datastore.base import SeriesGeometryError
 from volsam.io import Volume
 
-__all__ = ["check_series_geometry", "write_dicom_series"]
+__all__ = ["check_series_files", "check_series_geometry", "write_dicom_series"]
 
 # Relative tolerance on slice gaps: scanners write positions rounded to ~0.01 mm, and 1% of a 0.5 mm
 # gap is 5 um, far below any real missing slice (a whole gap) or uneven spacing worth refusing.
@@ -91,8 +92,23 @@ def check_series_geometry(headers: Sequence[Dataset], what: str = "series") -> l
 
 
 def check_series_files(files: Sequence[str | Path], what: str = "series") -> None:
-    """:func:`check_series_geometry` on DICOM files, reading only their headers."""
-    check_series_geometry([pydicom.dcmread(f, stop_before_pixels=True) for f in files], what)
+    """:func:`check_series_geometry` on the DICOM image files among ``files``, reading only their headers.
+
+    Files that are not DICOM, and DICOM objects without pixels (a DICOMDIR, a report), are skipped, as
+    the series reader skips them; images of more than one series are refused (one series per folder).
+    """
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if "Rows" in ds:
+            headers.append(ds)
+    series = {str(getattr(h, "SeriesInstanceUID", "")) for h in headers}
+    if len(series) > 1:
+        raise SeriesGeometryError(f"{what}: holds {len(series)} DICOM series; expected one series per folder")
+    check_series_geometry(headers, what)
 
 
 def write_dicom_series(
