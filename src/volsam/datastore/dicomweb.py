@@ -222,15 +222,15 @@ class DicomwebDatastore(Datastore):
         oldest first (by content date and time)."""
         refs: dict[str, list[dict[str, str]]] = {}
         for seg in self._series(study, Modality="SEG"):
-            study, series = _value(seg, "0020000D"), _value(seg, "0020000E")
+            seg_study, series = _value(seg, "0020000D"), _value(seg, "0020000E")
             with self._remote("SEG metadata retrieval (WADO-RS)"):
-                instances = self.client.retrieve_series_metadata(study, series)
+                instances = self.client.retrieve_series_metadata(seg_study, series)
             for inst in instances:
                 for ref in inst.get("00081115", {}).get("Value", []):
                     source = _value(ref, "0020000E")
                     if source:
                         refs.setdefault(source, []).append({
-                            "study_instance_uid": study,
+                            "study_instance_uid": seg_study,
                             "series_instance_uid": series,
                             "sop_instance_uid": _value(inst, "00080018"),
                             "when": f"{_value(inst, '00080023', '')}{_value(inst, '00080033', '')}",
@@ -393,8 +393,15 @@ class DicomwebDatastore(Datastore):
         if kind != "final" or not push:
             return saved
         seg_path = saved.path.with_name(f"{image_id}.v{saved.version}.seg.dcm")
-        write_mask(np.asarray(label_map), ref, seg_path, overwrite_ok=False)
-        _describe_seg(seg_path, f"volsam final v{saved.version}")
+        try:
+            write_mask(np.asarray(label_map), ref, seg_path, overwrite_ok=False)
+            _describe_seg(seg_path, f"volsam final v{saved.version}")
+        except (ValueError, OSError, RuntimeError) as err:
+            raise PushError(
+                f"label saved locally as version {saved.version} ({saved.path}); writing its DICOM-SEG failed: "
+                f"{' '.join(str(err).split())}",
+                saved,
+            ) from err
         seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
         self.labels.annotate(image_id, kind, saved.version, seg_file=str(seg_path.relative_to(self.cache)),
                              seg_sop_instance_uid=str(seg.SOPInstanceUID),
