@@ -61,7 +61,7 @@ def one_line_errors() -> Iterator[None]:
         yield
     except KeyError as e:
         raise ValueError(str(e.args[0]) if e.args else "not found") from e
-    except DatastoreError as e:
+    except (DatastoreError, ImportError) as e:  # ImportError: a URL without the `datastore` extra
         raise OSError(" ".join(str(e).split())) from e
 
 
