@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from volsam.cli.common import add_random_weights_arg, err
+from volsam.cli.datastore import add_connection_args, one_line_errors, open_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"largest image a session may hold, checked from the file's header before reading it "
         f"(default 2^28 = {DEFAULT_MAX_VOXELS}: 1 GiB as float32; 0: no limit)",
     )
+    p.add_argument(
+        "--datastore", default=None, metavar="DIR|URL",
+        help="images and labels to serve: a folder, or a DICOMweb URL (e.g. http://pacs:8042/dicom-web); "
+        "adds the /datastore routes (list, open, save, resume)",
+    )  # fmt: skip
     add_random_weights_arg(p)
+    add_connection_args(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -40,6 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("VOLSAM_TOKEN") or None
     _check_port_free(args.host, args.port)
+    store = _open_datastore(args) if args.datastore else None
     model = args.model
     if model is None or not (Path(model) / "export.json").is_file():  # an ONNX folder loads per session
         # Loaded now, so a bad --model fails here in one line rather than on the first session's request.
@@ -51,11 +59,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         device=args.device,
         max_voxels=args.max_voxels or None,
+        datastore=store,
     )
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set --token or VOLSAM_TOKEN)")
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
+
+
+def _open_datastore(args: argparse.Namespace):
+    """The --datastore, opened now so a bad folder fails in one line; a PACS that does not answer yet is
+    a warning (the server starts; its datastore routes answer 502 until the PACS does)."""
+    from volsam.datastore import DatastoreError
+
+    with one_line_errors():
+        store = open_from_args(args.datastore, args)
+    try:
+        n = len(store.list_images())
+        err.print(f"datastore {store.location}: {n} image(s)")
+    except DatastoreError as e:
+        err.print(f"[yellow]warning:[/] {' '.join(str(e).split())}")
+    return store
 
 
 def _check_port_free(host: str, port: int) -> None:

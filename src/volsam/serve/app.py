@@ -26,6 +26,10 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 - ``DELETE /sessions/{id}``.
 - nnInteractive's remote protocol (``/claim``, ``/set_image``, ``/add_*_interaction``, ...; what the 3D Slicer
   and napari nnInteractive plugins speak), on the same sessions: see :mod:`volsam.serve.nninteractive`.
+- With a datastore (``volsam serve --datastore DIR|URL``): ``GET /datastore/images``, ``POST
+  /datastore/images/{image}/session``, ``GET /sessions/{id}/datastore``, ``POST /sessions/{id}/datastore/save``
+  and ``/resume``: pick an image from a folder or a PACS, continue from its saved label, save versions
+  (DICOMweb: and a DICOM-SEG to the PACS); see :mod:`volsam.serve.routes.datastore`.
 
 Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable or empty image,
 an image declaring more than ``max_voxels`` voxels (refused from its header, before any voxel is read), or
@@ -51,8 +55,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from volsam.datastore import Datastore, open_datastore
 from volsam.io import DEFAULT_MAX_VOXELS
 from volsam.serve.nninteractive import weights_licence
+from volsam.serve.routes import datastore as datastore_routes
 from volsam.serve.routes import exports, health, nninteractive, prompts, sessions, viewer
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
 from volsam.serve.state import ModelLoader, ServerState
@@ -76,6 +82,7 @@ def create_app(
     session_factory: Callable[[], Session] | None = None,
     device: str | None = None,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    datastore: Datastore | str | Path | None = None,
 ) -> FastAPI:
     """Build the FastAPI app (see the module docstring for the API).
 
@@ -87,6 +94,9 @@ def create_app(
         session_factory: builds an empty Session (overrides ``model``/``device``; used by tests).
         max_voxels: largest image a session may hold, checked against the file's header before any voxel
             is read (:data:`volsam.io.DEFAULT_MAX_VOXELS`, 2^28: 1 GiB as float32); None: no limit.
+        datastore: images and labels to serve (:mod:`volsam.datastore`): a Datastore, or a folder or
+            DICOMweb URL for :func:`~volsam.datastore.open_datastore` (credentials from the environment);
+            None: no datastore routes answer (404).
     """
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
@@ -99,6 +109,7 @@ def create_app(
         max_voxels=max_voxels,
         token=token,
         licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
+        datastore=open_datastore(datastore) if isinstance(datastore, str | Path) else datastore,
     )
     app = FastAPI(
         title="volsam",
@@ -113,6 +124,7 @@ def create_app(
     app.include_router(prompts.router)
     app.include_router(exports.router)
     app.include_router(health.router)
+    app.include_router(datastore_routes.router)
     # nnInteractive's remote protocol (3D Slicer / napari plugins) over the same store, model, limits and token.
     app.include_router(nninteractive.public)
     app.include_router(nninteractive.router)

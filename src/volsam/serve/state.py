@@ -57,6 +57,10 @@ class ServerState:
     # nnInteractive protocol state beside each lease's Session (volsam.serve.nninteractive._Lease).
     leases: weakref.WeakKeyDictionary[Session, Any] = field(default_factory=weakref.WeakKeyDictionary)
     capabilities: dict[str, Any] = field(default_factory=dict)  # of the model, filled on first ask
+    # volsam serve --datastore (volsam.datastore.Datastore; None: no datastore routes) and, beside each
+    # session opened from it, its image and label version (volsam.serve.routes.datastore.Binding).
+    datastore: Any = None
+    datastore_bindings: weakref.WeakKeyDictionary[Session, Any] = field(default_factory=weakref.WeakKeyDictionary)
 
     @property
     def upload_mb(self) -> float:
