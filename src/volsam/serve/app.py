@@ -50,8 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from volsam.io import DEFAULT_MAX_VOXELS
+from volsam.serve.errors import validation_error
 from volsam.serve.nninteractive import weights_licence
 from volsam.serve.routes import exports, health, nninteractive, prompts, sessions, viewer
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
@@ -107,6 +109,7 @@ def create_app(
     )
     app.state.server, app.state.store = state, state.store  # routes read app.state.server (volsam.serve.state)
     app.add_middleware(_BodyLimit, upload_bytes=state.upload_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
     # One line per router. The API's routers check the token; the viewer's page and scripts (no data in
     # them) do not, so a browser can load them and then send the token the user types with every API call.
     app.include_router(sessions.router)

@@ -3,18 +3,30 @@ the data root (:func:`resolve_under`) and the request-body cap (:class:`_BodyLim
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
-__all__ = ["MAX_JSON_BYTES", "UPLOAD_SUFFIXES", "resolve_under"]
+__all__ = ["MAX_JSON_BYTES", "UPLOAD_SUFFIXES", "parse_json", "resolve_under"]
 
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _CHUNK = 1 << 20
 #: Largest JSON (or other non-upload) request body; a click or path is ~100 bytes.
 MAX_JSON_BYTES = 64 << 10
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """``raw`` parsed as JSON, or HTTP 400 naming ``what`` was expected: malformed, or nested deeper than
+    Python's recursion limit (``json`` raises RecursionError there, which would otherwise be a 500)."""
+    try:
+        return json.loads(raw)
+    except RecursionError as e:
+        raise HTTPException(400, f"expected {what}: JSON nested too deeply") from e
+    except ValueError as e:  # also bytes that are not UTF-8, and integers past Python's 4300-digit limit
+        raise HTTPException(400, f"expected {what}: {' '.join(str(e).split())}") from e
 
 
 def _upload_suffix(filename: str) -> str:

@@ -31,6 +31,7 @@ from volsam.serve.nninteractive import (
     one_line,
     point_of,
     ready,
+    shown,
     spacing_of,
 )
 from volsam.serve.state import ServerState, State, check_token
@@ -166,7 +167,7 @@ def _set_target_buffer(srv: ServerState, token: str | None, shape: Any) -> dict[
         if lease.image_shape is None:
             raise bad("call set_image before set_target_buffer")
         if shape != list(lease.image_shape[1:]):
-            raise bad(f"target buffer shape must be the image's {list(lease.image_shape[1:])}, got {shape!r}")
+            raise bad(f"target buffer shape must be the image's {list(lease.image_shape[1:])}, got {shown(shape)}")
         lease.sent, lease.pending = np.zeros(s.volume.shape, dtype=np.uint8), False
         return {}
 
@@ -176,8 +177,8 @@ async def set_target_buffer(request: Request, srv: State, token: Token = None) -
     """Shape (the image's x, y, z) and dtype of the client's mask buffer; it starts empty."""
     payload = await _json_of(request, srv)
     shape, dtype = payload.get("shape"), payload.get("dtype")
-    if dtype not in BUFFER_DTYPES:
-        raise bad(f"target buffer dtype must be one of {', '.join(sorted(BUFFER_DTYPES))}, got {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in BUFFER_DTYPES:
+        raise bad(f"target buffer dtype must be one of {', '.join(sorted(BUFFER_DTYPES))}, got {shown(dtype)}")
     return await run_in_threadpool(_set_target_buffer, srv, token, shape)
 
 

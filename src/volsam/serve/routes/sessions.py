@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from volsam.io import ImageReadError, Volume, read_image
 from volsam.serve.schemas import PathRequest, SessionInfo, SessionState
 from volsam.serve.state import ServerState, State, check_token
-from volsam.serve.uploads import _CHUNK, _upload_suffix, resolve_under
+from volsam.serve.uploads import _CHUNK, _upload_suffix, parse_json, resolve_under
 
 router = APIRouter(dependencies=[Depends(check_token)])
 
@@ -85,10 +85,11 @@ async def _from_multipart(srv: ServerState, request: Request) -> tuple[str, Volu
 
 
 async def _from_path(srv: ServerState, request: Request) -> tuple[str, Volume]:
+    what = 'JSON {"path": "relative/path.nii.gz"}'
     try:
-        req = PathRequest.model_validate(await request.json())
+        req = PathRequest.model_validate(parse_json(await request.body(), what))
     except ValueError as e:
-        raise HTTPException(400, f'expected JSON {{"path": "relative/path.nii.gz"}}: {e}') from e
+        raise HTTPException(400, f"expected {what}: {e}") from e
     path = resolve_under(srv.data_root, req.path)
     assert srv.data_root is not None  # resolve_under refuses without one
     return await run_in_threadpool(open_session, srv, path, req.path, srv.data_root)
