@@ -396,14 +396,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
     import uvicorn
 
     from volsam.serve.app import create_app
+    from volsam.serve.state import token_from
     from volsam.session import resolve_model
 
-    token = args.token or os.environ.get("VOLSAM_TOKEN") or None
+    token = token_from(args.token, args.token_file)
+    if args.token is not None:
+        _err.print(
+            "[yellow]warning:[/] a --token on the command line is readable by every local user (ps, "
+            "/proc/PID/cmdline); prefer VOLSAM_TOKEN or --token-file"
+        )
     _check_port_free(args.host, args.port)
     model = args.model
     if model is None or not (Path(model) / "export.json").is_file():  # an ONNX folder loads per session
@@ -418,7 +422,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_voxels=args.max_voxels or None,
     )
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set --token or VOLSAM_TOKEN)")
+        _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set VOLSAM_TOKEN or --token-file)")
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -523,7 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="registered name or checkpoint (default: shipped model)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="folder that path-based sessions may read")
-    p.add_argument("--token", default=None, help="bearer token required on every request (default: $VOLSAM_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token required on every request (default: $VOLSAM_TOKEN; visible to local users in ps: "
+        "prefer VOLSAM_TOKEN or --token-file)",
+    )
+    p.add_argument("--token-file", default=None, metavar="FILE", help="read the bearer token from FILE (one line)")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions before LRU eviction (default 8)")
     p.add_argument(
         "--max-voxels",

@@ -446,3 +446,26 @@ def test_slice_box_scribble_and_lasso(client, nifti_bytes, truth):
     assert r.status_code == 400 and "slice index" in r.json()["detail"]
     r = client.post(f"/sessions/{sid}/lasso", json={"polygon": polygon[:2], "axis": 2, "index": 1})
     assert r.status_code == 422
+
+
+def test_cli_serve_reads_the_token_from_a_file(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from volsam.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.delenv("VOLSAM_TOKEN", raising=False)
+    (tmp_path / "token").write_text("filetok\n")
+    argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--port", "8124"]
+    assert main([*argv, "--token-file", str(tmp_path / "token")]) == 0
+    with TestClient(seen["app"]) as c:
+        assert c.get("/health").status_code == 401
+        assert c.get("/health", headers={"Authorization": "Bearer filetok"}).status_code == 200
+    assert "--token" not in capsys.readouterr().err  # no warning: nothing secret on the command line
+    (tmp_path / "empty").write_text("\n")
+    assert main([*argv, "--token-file", str(tmp_path / "empty")]) == 2
+    assert "token file" in capsys.readouterr().err
+    assert main([*argv, "--token", "t", "--token-file", str(tmp_path / "token")]) == 2
+    assert main([*argv, "--token", "cmdtok"]) == 0  # still accepted, with a warning
+    assert "readable by every local user" in capsys.readouterr().err

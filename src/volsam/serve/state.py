@@ -17,7 +17,32 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from volsam.serve.store import SessionStore
 from volsam.session import Session
 
-__all__ = ["ModelLoader", "ServerState", "State", "check_token", "server_state"]
+__all__ = ["ModelLoader", "ServerState", "State", "check_token", "server_state", "token_from"]
+
+TOKEN_ENV = "VOLSAM_TOKEN"
+
+
+def token_from(token: str | None, token_file: str | Path | None, environ: Any = None) -> str | None:
+    """The server's bearer token: ``token_file``'s text (surrounding whitespace dropped), else ``token``,
+    else the environment's ``VOLSAM_TOKEN``; None when none is set. ValueError (one line) for both
+    ``token`` and ``token_file``, or an empty file; OSError for an unreadable one."""
+    import os
+
+    if token_file is not None:
+        if token is not None:
+            raise ValueError("give --token or --token-file, not both")
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"token file {path} is not UTF-8 text") from e
+        if not text or "\n" in text:
+            raise ValueError(
+                f"token file {path} must hold the token on one line, got {'nothing' if not text else 'several lines'}"
+            )
+        return text
+    env = os.environ if environ is None else environ
+    return token or env.get(TOKEN_ENV) or None
 
 
 class ModelLoader:
