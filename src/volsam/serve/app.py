@@ -57,7 +57,7 @@ from volsam.serve.errors import validation_error
 from volsam.serve.nninteractive import weights_licence
 from volsam.serve.routes import exports, health, nninteractive, prompts, sessions, viewer
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
-from volsam.serve.state import ModelLoader, ServerState
+from volsam.serve.state import DEFAULT_MAX_PROMPT_VOXELS, ModelLoader, ServerState
 from volsam.serve.store import SessionStore
 from volsam.serve.uploads import MAX_JSON_BYTES as MAX_JSON_BYTES
 from volsam.serve.uploads import UPLOAD_SUFFIXES as UPLOAD_SUFFIXES
@@ -78,6 +78,7 @@ def create_app(
     session_factory: Callable[[], Session] | None = None,
     device: str | None = None,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    max_prompt_voxels: int = DEFAULT_MAX_PROMPT_VOXELS,
 ) -> FastAPI:
     """Build the FastAPI app (see the module docstring for the API).
 
@@ -89,6 +90,8 @@ def create_app(
         session_factory: builds an empty Session (overrides ``model``/``device``; used by tests).
         max_voxels: largest image a session may hold, checked against the file's header before any voxel
             is read (:data:`volsam.io.DEFAULT_MAX_VOXELS`, 2^28: 1 GiB as float32); None: no limit.
+        max_prompt_voxels: most voxels a scribble or lasso may mark, and a lasso's box on its slice may hold
+            (:data:`volsam.serve.state.DEFAULT_MAX_PROMPT_VOXELS`, 2^20); refused with 400 beyond.
     """
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
@@ -99,6 +102,7 @@ def create_app(
         data_root=root,
         upload_bytes=int(max_upload_mb * 2**20),
         max_voxels=max_voxels,
+        max_prompt_voxels=max_prompt_voxels,
         token=token,
         licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
     )

@@ -201,6 +201,28 @@ def decode(raw: bytes, **kw: Any) -> np.ndarray:
         raise HTTPException(413 if "over the limit" in msg else 400, msg) from e
 
 
+def marked_voxels(marks: np.ndarray, kind: str, limit: int) -> np.ndarray:
+    """The voxels (N, 3) where ``marks`` (an image-shaped scribble or lasso) is non-zero; 400 when there is
+    none, or more than ``limit``. Counted first (no allocation), so the voxel list, and all the work after
+    it, is proportional to what the prompt marks: a full-volume mask is refused before it costs anything."""
+    n = int(np.count_nonzero(marks))
+    if n == 0:
+        raise bad(f"the {kind} image holds no voxel")
+    if n > limit:
+        raise bad(f"a {kind} may mark at most {limit} voxels, this one marks {n}")
+    return np.argwhere(marks)
+
+
+def check_lasso(voxels: np.ndarray, limit: int) -> None:
+    """400 unless a lasso's voxels (N, 3) lie on one slice, in a box of at most ``limit`` voxels (its
+    clicks come from a distance transform over that box)."""
+    extent = voxels.max(axis=0) - voxels.min(axis=0) + 1
+    if (extent > 1).all():
+        raise bad(f"a lasso must lie on one slice, this one spans {extent.tolist()} voxels")
+    if int(np.prod(extent)) > limit:
+        raise bad(f"a lasso's bounding box may hold at most {limit} voxels, this one holds {int(np.prod(extent))}")
+
+
 def ready(s: Session, lease: LeaseState) -> tuple[int, int, int]:
     """The image shape, or 400 before ``set_image`` and ``set_target_buffer``."""
     if lease.image_shape is None or lease.sent is None:

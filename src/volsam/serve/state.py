@@ -20,6 +20,9 @@ from volsam.session import Session
 __all__ = ["ModelLoader", "ServerState", "State", "check_token", "server_state", "token_from"]
 
 TOKEN_ENV = "VOLSAM_TOKEN"
+DEFAULT_MAX_PROMPT_VOXELS = 1 << 20
+"""Most voxels a scribble or lasso may mark (and a lasso's bounding box on its slice may hold): 1 Mi, a
+whole 1024 x 1024 slice; what a prompt costs grows with it, so it is refused beyond, before the work."""
 
 
 def token_from(token: str | None, token_file: str | Path | None, environ: Any = None) -> str | None:
@@ -77,6 +80,7 @@ class ServerState:
     data_root: Path | None
     upload_bytes: int  # largest upload or packed-array body
     max_voxels: int | None  # largest image a session may hold; None: no limit
+    max_prompt_voxels: int = DEFAULT_MAX_PROMPT_VOXELS  # most voxels a scribble or lasso may mark
     token: str | None = None
     licence: str = "!!MISSING!!"  # of the served weights, for the nnInteractive protocol's /capabilities
     # nnInteractive protocol state beside each lease's Session (volsam.serve.nninteractive._Lease).

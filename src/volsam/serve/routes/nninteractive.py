@@ -23,9 +23,11 @@ from volsam.serve.nninteractive import (
     bad,
     box_of,
     capabilities_of,
+    check_lasso,
     decode,
     flag,
     json_object,
+    marked_voxels,
     meta_of,
     nothing,
     one_line,
@@ -239,13 +241,14 @@ async def add_bbox(request: Request, srv: State, token: Token = None) -> Respons
 def _add_mask(srv: ServerState, token: str | None, raw: bytes, kind: str, positive: bool, run: bool) -> Response:
     with leased(srv, token) as (s, lease):
         shape = ready(s, lease)
-        mask = decode(raw, max_elements=_voxel_budget(srv), shape=shape) != 0
-        if not mask.any():
-            raise bad(f"the {kind} image holds no voxel")
+        marks = decode(raw, max_elements=_voxel_budget(srv), shape=shape)
+        voxels = marked_voxels(marks, kind, srv.max_prompt_voxels)
         if kind == "scribble":
-            s.add_scribble(np.argwhere(mask), positive=positive)
+            del marks  # the image-sized array is no longer needed
+            s.add_scribble(voxels, positive=positive)
         else:
-            s.add_lasso(mask, positive=positive)
+            check_lasso(voxels, srv.max_prompt_voxels)
+            s.add_lasso(marks, positive=positive)
         return answer(s, lease, run)
 
 
