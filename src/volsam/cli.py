@@ -420,11 +420,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         device=args.device,
         max_voxels=args.max_voxels or None,
+        idle_timeout_s=args.idle_timeout,
+        min_idle_s=args.min_idle,
+        max_memory=args.max_memory,
     )
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set VOLSAM_TOKEN or --token-file)")
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
+
+
+def _memory_size(text: str) -> int | str | None:
+    """``--max-memory``: bytes (8G, 512M, 1073741824), 0 for no limit, or ``auto``."""
+    from volsam.serve.budget import parse_bytes
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    if text.strip() == "0":
+        return None
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -535,6 +552,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token-file", default=None, metavar="FILE", help="read the bearer token from FILE (one line)")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions before LRU eviction (default 8)")
+    p.add_argument(
+        "--idle-timeout", type=float, default=900, metavar="S", help="a session idle this long expires (default 900)"
+    )
+    p.add_argument(
+        "--min-idle",
+        type=float,
+        default=120,
+        metavar="S",
+        help="a session may be evicted for a new one only once idle this long, never while in use; otherwise "
+        "the new one gets 503 with Retry-After (default 120)",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        default="auto",
+        metavar="BYTES",
+        help="memory all sessions together may hold, e.g. 8G or 512M; 0: no limit "
+        "(default: half the memory available at start)",
+    )
     p.add_argument(
         "--max-voxels",
         type=int,

@@ -23,7 +23,7 @@ from volsam.session import Session  # noqa: E402
 
 EXAMPLES = int(os.environ.get("VOLSAM_FUZZ_EXAMPLES", "25"))
 _MODEL = ThresholdModel()
-APP = create_app(session_factory=lambda: Session(_MODEL, "cpu"), max_sessions=4, max_voxels=2**21)
+APP = create_app(session_factory=lambda: Session(_MODEL, "cpu"), max_sessions=4, max_voxels=2**21, min_idle_s=0)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 _client = TestClient(APP)
 _live: dict[str, str] = {}

@@ -278,7 +278,7 @@ def test_idle_session_expires_with_410(model, nifti_bytes):
 
 
 def test_least_recently_used_session_is_evicted(model, nifti_bytes):
-    with TestClient(_app(model, max_sessions=2)) as c:
+    with TestClient(_app(model, max_sessions=2, min_idle_s=0)) as c:  # every idle session may be evicted
         a, b = _new(c, nifti_bytes), _new(c, nifti_bytes)
         assert c.get(f"/sessions/{a}").status_code == 200  # b is now the least recently used
         new = _new(c, nifti_bytes)
@@ -469,3 +469,18 @@ def test_cli_serve_reads_the_token_from_a_file(monkeypatch, tmp_path, capsys):
     assert main([*argv, "--token", "t", "--token-file", str(tmp_path / "token")]) == 2
     assert main([*argv, "--token", "cmdtok"]) == 0  # still accepted, with a warning
     assert "readable by every local user" in capsys.readouterr().err
+
+
+def test_cli_serve_eviction_and_memory_options(monkeypatch):
+    import uvicorn
+
+    from volsam.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--port", "8125"]
+    assert main([*argv, "--idle-timeout", "30", "--min-idle", "5", "--max-memory", "1.5G"]) == 0
+    store = seen["app"].state.store
+    assert (store.idle_timeout_s, store.min_idle_s, store.max_bytes) == (30, 5, 3 << 29)
+    assert main([*argv, "--max-memory", "0"]) == 0 and seen["app"].state.store.max_bytes is None
+    assert main(argv) == 0 and seen["app"].state.store.max_bytes > 0  # half of what the machine has free

@@ -75,3 +75,92 @@ def test_a_rest_lasso_over_a_huge_area_is_refused(model, nifti_bytes):
         assert r.status_code == 400 and "bounding box" in r.json()["detail"], r.text
         small = {"polygon": [[20, 20], [20, 25], [25, 25]], "axis": 2, "index": 16}
         assert c.post(f"/sessions/{sid}/lasso", json=small).status_code == 200
+
+
+def _image_meta() -> dict[str, str]:
+    return {"X-Meta": json.dumps({"image_properties": {"spacing": [1.5, 1.5, 1.5]}}), **OCTET}
+
+
+def test_recently_active_sessions_are_not_evicted(model, nifti_bytes):
+    with TestClient(base._app(model, max_sessions=2, min_idle_s=60)) as c:
+        a, b = _new(c, nifti_bytes), _new(c, nifti_bytes)
+        r = c.post("/sessions/demo")  # used to evict a, active a moment ago
+        assert r.status_code == 503 and "retry later" in r.json()["detail"], r.text
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        r = c.post("/claim")
+        assert r.status_code == 503 and "Retry-After" in r.headers
+        assert c.get(f"/sessions/{a}").status_code == c.get(f"/sessions/{b}").status_code == 200
+
+
+def test_memory_budget_is_shared_by_all_sessions():
+    from volsam.serve.budget import session_bytes
+
+    lease_bytes = session_bytes(int(np.prod(SHAPE)))
+    with TestClient(_app(max_memory=lease_bytes * 2, min_idle_s=60)) as c:
+        _lease(c)  # one image, within the budget
+        h = {"X-Lease-Token": c.post("/claim").json()["lease_token"]}
+        image = np.zeros((1, *SHAPE), np.float32)
+        r = c.post("/set_image", content=wire.pack(image), headers={**h, **_image_meta()})
+        assert r.status_code == 503 and "memory budget" in r.json()["detail"], r.text
+        assert "Retry-After" in r.headers
+        assert c.post("/set_image", content=wire.pack(image[:, :8]), headers={**h, **_image_meta()}).status_code == 200
+    with TestClient(_app(max_memory=lease_bytes * 2, min_idle_s=0)) as c:
+        first = _lease(c)  # idle, so the next image evicts it instead of being refused
+        h = _lease(c)
+        assert c.post("/reset_interactions", headers=first).status_code == 410
+        assert c.post("/reset_interactions", headers=h).status_code == 200
+
+
+def test_the_lease_is_checked_before_the_body_is_read():
+    app = _app()
+    received = []
+
+    async def counting(scope, receive, send):
+        async def counted():
+            message = await receive()
+            if message["type"] == "http.request":
+                received.append(len(message.get("body", b"")))
+            return message
+
+        await app(scope, counted, send)
+
+    with TestClient(counting) as c:
+        body = wire.pack(np.random.default_rng(0).normal(size=(1, 32, 32, 32)).astype(np.float32))
+        for path in ("/set_image", "/add_scribble_interaction", "/add_initial_seg_interaction"):
+            r = c.post(path, content=body, headers={"X-Lease-Token": "fake", **_image_meta()})
+            assert r.status_code == 410, r.text
+        assert sum(received) == 0  # not a byte of the bodies was read
+
+
+def test_a_lease_is_busy_while_its_image_arrives():
+    import threading
+
+    import httpx
+
+    from volsam.serve.background import background_server
+
+    image_bytes = wire.pack(np.zeros((1, *SHAPE), np.float32))
+    app = _app(max_sessions=1, min_idle_s=0)
+    started, go = threading.Event(), threading.Event()
+
+    def slow_body():
+        yield image_bytes[:100]
+        started.set()
+        go.wait(10)
+        yield image_bytes[100:]
+
+    with background_server(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+        h = {"X-Lease-Token": c.post("/claim").json()["lease_token"]}
+        result = {}
+        t = threading.Thread(
+            target=lambda: result.update(r=c.post("/set_image", content=slow_body(), headers={**h, **_image_meta()}))
+        )
+        t.start()
+        try:
+            assert started.wait(10)
+            r = c.post("/claim")  # used to evict the lease whose image was on its way
+            assert r.status_code == 503 and "in use" in r.json()["detail"], r.text
+        finally:
+            go.set()
+            t.join(20)
+        assert result["r"].status_code == 200, result["r"].text

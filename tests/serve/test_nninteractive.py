@@ -260,7 +260,7 @@ def test_undo_with_nothing_to_undo_reports_no_change(http, image):
 
 def test_leases_share_the_rest_api_eviction(image):
     model = ThresholdModel()
-    app = create_app(session_factory=lambda: Session(model, "cpu"), token=TOKEN, max_sessions=1)
+    app = create_app(session_factory=lambda: Session(model, "cpu"), token=TOKEN, max_sessions=1, min_idle_s=0)
     with background_server(app) as url:
         first = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)
         second = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)  # evicts the idle first

@@ -15,10 +15,12 @@ is the box of voxels that changed since the last answer (``X-Meta`` ``{"ran_pred
 that box of the 0/1 mask, packed), which the client writes into its target buffer.
 
 A lease is a volsam session of the same :class:`~volsam.serve.store.SessionStore` as the REST API: same
-model, size limits, token, idle expiry, LRU eviction and per-session lock. An expired or evicted lease
-answers 410 (the client raises ``SessionExpiredError``); 503 when every session is busy
-(``ServerAtCapacityError``); 400 for bad input, 413 for bodies over the upload limit or arrays over
-the voxel limit (checked from the header, before decoding).
+model, size limits, memory budget, token, idle expiry, eviction and per-session lock. An expired or evicted
+lease answers 410 (the client raises ``SessionExpiredError``); 503 with Retry-After when no session may
+make room (``ServerAtCapacityError``); 400 for bad input (a scribble or lasso marking more than the
+server's ``max_prompt_voxels``, a lasso off one slice), 413 for bodies over the upload limit or arrays over
+the voxel limit (checked from the header, before decoding). A packed body is read only after its lease
+token is found good, and the lease counts as in use (never evicted) while it arrives and decodes.
 """
 
 from __future__ import annotations
