@@ -399,6 +399,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from volsam.serve.app import create_app
+    from volsam.serve.server import server_options
     from volsam.serve.state import token_from
     from volsam.session import resolve_model
 
@@ -423,10 +424,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         min_idle_s=args.min_idle,
         max_memory=args.max_memory,
+        body_stall_s=args.body_timeout,
     )
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         _err.print(f"[yellow]warning:[/] serving on {args.host} without a token (set VOLSAM_TOKEN or --token-file)")
-    uvicorn.run(app, host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, **server_options(args.header_timeout))
     return 0
 
 
@@ -562,6 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a session may be evicted for a new one only once idle this long, never while in use; otherwise "
         "the new one gets 503 with Retry-After (default 120)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10,
+        metavar="S",
+        help="close a connection whose request headers take longer (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30,
+        metavar="S",
+        help="answer 408 and close a connection whose request body sends nothing for this long (default 30)",
     )
     p.add_argument(
         "--max-memory",

@@ -355,11 +355,12 @@ def test_cli_serve_runs_uvicorn(monkeypatch, tmp_path):
     from volsam.cli import main
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port, **kw))
     monkeypatch.setenv("VOLSAM_TOKEN", "envtok")
     argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--data-root", str(tmp_path), "--port", "8123"]
     assert main(argv) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["timeout_keep_alive"] == 5 and seen["http"].__name__ == "HeaderTimeoutProtocol"
     with TestClient(seen["app"]) as c:
         assert c.get("/health").status_code == 401
         assert c.get("/health", headers={"Authorization": "Bearer envtok"}).json()["max_sessions"] == 8

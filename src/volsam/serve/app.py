@@ -63,9 +63,9 @@ from volsam.serve.routes import exports, health, nninteractive, prompts, session
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
 from volsam.serve.state import DEFAULT_MAX_PROMPT_VOXELS, ModelLoader, ServerState
 from volsam.serve.store import DEFAULT_MIN_IDLE_S, SessionStore
+from volsam.serve.uploads import DEFAULT_BODY_STALL_S, _BodyLimit
 from volsam.serve.uploads import MAX_JSON_BYTES as MAX_JSON_BYTES
 from volsam.serve.uploads import UPLOAD_SUFFIXES as UPLOAD_SUFFIXES
-from volsam.serve.uploads import _BodyLimit
 from volsam.session import Session
 
 LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
@@ -85,6 +85,7 @@ def create_app(
     max_prompt_voxels: int = DEFAULT_MAX_PROMPT_VOXELS,
     min_idle_s: float = DEFAULT_MIN_IDLE_S,
     max_memory: int | Literal["auto"] | None = "auto",
+    body_stall_s: float = DEFAULT_BODY_STALL_S,
 ) -> FastAPI:
     """Build the FastAPI app (see the module docstring for the API).
 
@@ -103,6 +104,8 @@ def create_app(
         max_memory: bytes all sessions together may hold, as :mod:`volsam.serve.budget` accounts them;
             ``"auto"``: half the memory available at start; None: no budget. New work beyond it is evicted
             for, or refused with 503 and Retry-After.
+        body_stall_s: a request body that sends no byte for this long gets 408 and its connection is
+            closed (the header timeout is uvicorn's side: :func:`volsam.serve.server.server_options`).
     """
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
@@ -128,7 +131,7 @@ def create_app(
         description=__doc__ or "",
     )
     app.state.server, app.state.store = state, state.store  # routes read app.state.server (volsam.serve.state)
-    app.add_middleware(_BodyLimit, upload_bytes=state.upload_bytes)
+    app.add_middleware(_BodyLimit, upload_bytes=state.upload_bytes, stall_s=body_stall_s)
     app.add_exception_handler(RequestValidationError, validation_error)
     # One line per router. The API's routers check the token; the viewer's page and scripts (no data in
     # them) do not, so a browser can load them and then send the token the user types with every API call.
