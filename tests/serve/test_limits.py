@@ -164,3 +164,21 @@ def test_a_lease_is_busy_while_its_image_arrives():
             go.set()
             t.join(20)
         assert result["r"].status_code == 200, result["r"].text
+
+
+def test_uploads_share_the_budget_and_are_refused_before_decoding(model, nifti_bytes, monkeypatch):
+    from volsam.serve.budget import load_bytes, session_bytes
+    from volsam.serve.routes import sessions
+
+    voxels = int(np.prod(base.SHAPE))
+    reads = []
+    real = sessions.read_image
+    monkeypatch.setattr(sessions, "read_image", lambda *a, **kw: reads.append(a) or real(*a, **kw))
+    budget = session_bytes(voxels) + load_bytes(voxels) + (1 << 20)  # room for one session, not two
+    with TestClient(base._app(model, max_memory=budget)) as c:
+        first = _new(c, nifti_bytes)
+        r = base._upload(c, nifti_bytes)
+        assert r.status_code == 503 and "memory budget" in r.json()["detail"] and "Retry-After" in r.headers
+        assert len(reads) == 1  # the second image was never decoded
+        assert c.get(f"/sessions/{first}").status_code == 200
+        assert c.get("/health").json()["sessions"] == 1

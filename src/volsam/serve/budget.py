@@ -36,9 +36,10 @@ def image_bytes(voxels: int) -> int:
     return SESSION_BYTES_PER_VOXEL * voxels
 
 
-def load_bytes(voxels: int, itemsize: int = 8) -> int:
+def load_bytes(voxels: int, itemsize: int = 16) -> int:
     """Transient bytes while an image of ``voxels`` voxels stored as ``itemsize``-byte values is decoded
-    and converted to float32 (``itemsize`` 8 when not known before reading: float64, the widest accepted)."""
+    and converted to float32 (``itemsize`` 16 when not known before reading: complex128, the widest a
+    reader accepts; volsam.io reads a complex NIfTI as its real part)."""
     return voxels * (itemsize + 4)
 
 
