@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException
 
 from volsam.datastore import (
@@ -49,6 +50,7 @@ from volsam.datastore import (
     restore_labels,
 )
 from volsam.io import ImageReadError
+from volsam.serve.budget import session_bytes
 from volsam.serve.routes.sessions import info
 from volsam.serve.schemas import (
     DatastoreImages,
@@ -130,15 +132,18 @@ def open_image(image_id: str, srv: State, req: OpenRequest | None = None) -> dic
     with _errors():
         vol = ds.get_image(image_id, max_voxels=srv.max_voxels)
         saved = ds.get_label(image_id, "final") if restore else None
-    session = srv.new_session()
-    session.set_image(vol)
-    version = None
-    if saved is not None:
-        with _errors():
-            restore_labels(session, saved[0])
-        version = saved[1]
-    srv.datastore_bindings[session] = Binding(image_id, version)
-    sid = srv.store.add(session)
+    voxels = int(np.prod(vol.shape))
+    # The session is accounted in the server's memory budget like an uploaded one (503 when it cannot fit).
+    with srv.store.reserved(session_bytes(voxels), slot=True) as room:
+        session = srv.new_session()
+        session.set_image(vol)
+        version = None
+        if saved is not None:
+            with _errors():
+                restore_labels(session, saved[0])
+            version = saved[1]
+        srv.datastore_bindings[session] = Binding(image_id, version)
+        sid = srv.store.add(session, session_bytes(voxels), room)
     return {**info(sid, vol), "image_id": image_id, "version": version, "objects": session.num_objects}
 
 
