@@ -5,6 +5,7 @@ test fails on the code before the fix it names."""
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 
 import numpy as np
@@ -158,6 +159,11 @@ def test_a_lease_is_busy_while_its_image_arrives():
         t.start()
         try:
             assert started.wait(10)
+            # The server marks the lease in use once it has the request's headers; under load that can come
+            # after the client sent its first chunk, so wait for it rather than race it.
+            deadline = time.monotonic() + 10
+            while not any(e.active for e in app.state.store._live.values()) and time.monotonic() < deadline:
+                time.sleep(0.02)
             r = c.post("/claim")  # used to evict the lease whose image was on its way
             assert r.status_code == 503 and "in use" in r.json()["detail"], r.text
         finally:
