@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from scipy import ndimage
+from torch import nn
 
 from volsam.modeling import PromptableModel
 from volsam.prompts import Click, first_click, simulate_click
@@ -261,6 +262,10 @@ class Task(Protocol):
 
     def param_groups(self) -> list[dict[str, Any]]: ...
 
+    def trained_modules(self) -> list[nn.Module]:
+        """The modules that hold every parameter of :meth:`param_groups` (what DDP wraps under torchrun)."""
+        ...
+
     def train_mode(self) -> None: ...
 
     def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -309,6 +314,9 @@ class InteractiveTask:
         if enc:
             groups.append({"params": enc, "lr": self.cfg.enc_lr, "name": "encoder"})
         return groups
+
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.model]
 
     def train_mode(self) -> None:
         self.model.train()
