@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.timing import median_ms
     from volsam.memory import load_memory, use_memory
     from volsam.modeling.memory_attention import detach_memory
-    from volsam.session import resolve_model
+    from volsam.models import resolve_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
 
+    from volsam.models import resolve_model
     from volsam.serve import create_app
     from volsam.serve.background import background_server
-    from volsam.session import Session, resolve_model
+    from volsam.session import Session
 
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)

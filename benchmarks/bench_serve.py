@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from volsam.demo import DEMO_IMAGE
     from volsam.eval.metrics import dice
+    from volsam.models import resolve_model
     from volsam.serve import create_app
     from volsam.serve.background import background_server
-    from volsam.session import Session, resolve_model
+    from volsam.session import Session
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

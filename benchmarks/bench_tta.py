@@ -36,8 +36,8 @@ class FlipMean(nn.Module):
 
 def main() -> None:
     from volsam.eval.runner import evaluate
+    from volsam.models import default_weights_path
     from volsam.registry import DEFAULT_MODEL, build_model
-    from volsam.session import default_weights_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="dataset (a validation folder; not the held-out structures)")

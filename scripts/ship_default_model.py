@@ -15,8 +15,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from volsam.atomic import atomic_path
+from volsam.models import default_weights_path
 from volsam.registry import DEFAULT_MODEL, build_model
-from volsam.session import default_weights_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ import torch
 from volsam import hub
 from volsam.checkpoint import CheckpointError
 from volsam.cli import main
+from volsam.models import resolve_model
 from volsam.registry import build_model, list_models
-from volsam.session import resolve_model
 
 
 def _rule_filled(name: str) -> bytes:

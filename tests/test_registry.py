@@ -105,8 +105,8 @@ def test_set_attention_backend_in_place_equals_building_with_it(tmp_path):
     import torch
 
     from volsam import save_checkpoint
+    from volsam.models import resolve_model
     from volsam.registry import build_model
-    from volsam.session import resolve_model
 
     torch.manual_seed(0)
     dense = build_model("fastsam3d_mini")

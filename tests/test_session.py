@@ -153,7 +153,7 @@ def test_bad_clicks_are_value_errors():
 
 
 def test_default_model_without_bundled_weights_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr("volsam.session.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("volsam.models.WEIGHTS_DIR", tmp_path)
     with pytest.raises(ValueError, match="default model's weights are not bundled"):
         Session()
 
@@ -199,13 +199,13 @@ def test_negative_click_outside_every_window_adds_nothing():
     model = ThresholdModel()
     s = Session(model)
     s.set_image(img)
-    assert s.add_click((270, 20, 20), positive=False).sum() == 0 and not model.calls
-    mask = s.add_click((30, 20, 20)).copy()
+    assert s.add_click((180, 20, 20), positive=False).sum() == 0 and not model.calls
+    mask = s.add_click((20, 20, 20)).copy()
     calls = len(model.calls)
     first = np.zeros(img.shape, bool)
     first[20:40, 10:30, 10:30] = True
     assert dice(mask > 0, first) > 0.9 and not mask[200:].any()
-    again = s.add_click((270, 20, 20), positive=False)
+    again = s.add_click((180, 20, 20), positive=False)
     assert np.array_equal(again, mask) and len(model.calls) == calls and s.num_clicks == 3
     assert np.array_equal(s.undo(), mask) and s.num_clicks == 2
 
@@ -271,22 +271,6 @@ def test_a_lasso_fills_its_polygon_and_clicks_at_its_deepest_voxel():
     assert np.round(click).astype(int).tolist() == [[30, 32, 25]]
     with pytest.raises(ValueError, match="axis 0, 1 or 2"):
         s.add_lasso(square, axis=3, index=25)
-
-
-@pytest.mark.parametrize("far", [1e3, 1e9])
-def test_a_lasso_vertex_far_outside_the_slice_costs_nothing_and_clips(far: float):
-    from volsam.session import _fill_polygon
-
-    # A triangle whose far corners lie outside a 40 x 30 slice: it covers every voxel with u, v >= 2 there.
-    # The outline of an edge 1e9 voxels long was once sampled every half voxel (32 GB: a MemoryError or the
-    # OOM killer); only its part inside the slice is sampled now. Farther vertices are refused.
-    got = _fill_polygon(np.array([[2.0, 2.0], [far, 2.0], [2.0, far]]), (40, 30))
-    uu, vv = np.meshgrid(np.arange(2, 40), np.arange(2, 30), indexing="ij")
-    assert np.array_equal(got, np.stack([uu.ravel(), vv.ravel()], -1))
-    thin = _fill_polygon(np.array([[-far, 5.0], [far, 5.0], [far, 5.0]]), (40, 30))  # a line across the slice
-    assert np.array_equal(thin, np.stack([np.arange(40), np.full(40, 5)], -1))
-    with pytest.raises(ValueError, match="within 1e"):
-        _fill_polygon(np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 9.2e18]]), (40, 30))
 
 
 def test_an_initial_mask_is_kept_seeds_the_mask_prompt_and_undoes_exactly():
@@ -394,3 +378,75 @@ def test_an_early_fusion_model_refuses_a_negative_box_in_one_line():
     s, _ = _ball_session(_fusion_model())
     with pytest.raises(ValueError, match="cannot take a negative box"):
         s.add_box((22, 24, 25), (38, 40, 25), positive=False)
+
+
+# --------------------------------------------------------------------------- objects: select, delete, paint
+
+
+def _two_blobs_session() -> tuple[Session, np.ndarray, np.ndarray]:
+    """Two bright blocks 210 mm apart (farther than a 192 mm window): a click on one segments only it."""
+    shape = (200, 40, 40)
+    a, b = np.zeros(shape, bool), np.zeros(shape, bool)
+    a[10:30, 10:30, 10:30] = True
+    b[170:190, 12:28, 12:28] = True
+    img = (10 + 100 * (a | b) + np.random.default_rng(0).normal(0, 1, shape)).astype(np.float32)
+    s = Session(ThresholdModel(), "cpu")
+    s.set_image(img, np.diag([1.5, 1.5, 1.5, 1.0]))
+    return s, a, b
+
+
+def test_select_object_then_prompts_paint_undo_and_delete_edit_that_object():
+    s, a, b = _two_blobs_session()
+    assert np.array_equal(s.add_click((20, 20, 20)), a)
+    assert s.new_object() == 2
+    assert np.array_equal(s.add_click((180, 20, 20)), b)
+    s.select_object(1)
+    assert s.current_label == 1 and s.num_clicks == 1 and np.array_equal(s.mask, a)
+    s.add_click((15, 20, 20))  # goes to object 1
+    assert s.num_clicks == 2 and s._objects[1].num_clicks == 1
+    s.paint(np.array([[20, 20, 20], [21, 20, 20]]), erase=True)
+    lm = s.label_map
+    assert lm[20, 20, 20] == 0 and lm[21, 20, 20] == 0 and (lm == 1).sum() == a.sum() - 2
+    assert np.array_equal(lm == 2, b)
+    s.undo()  # the eraser stroke: object 1 whole again, still current
+    assert s.current_label == 1 and np.array_equal(s.label_map == 1, a)
+    before = s.label_map.copy()
+    assert np.array_equal(s.delete_object(1), np.where(b, 2, 0))  # object 2 keeps its label
+    assert s.num_objects == 2 and s.current_label == 1 and s.num_clicks == 0
+    info = s.object_labels
+    assert [(o.label, o.voxels, o.current) for o in info] == [(1, 0, True), (2, int(b.sum()), False)]
+    assert info[1].volume_ml == pytest.approx(b.sum() * 1.5**3 / 1000)
+    s.undo()
+    assert np.array_equal(s.label_map, before) and s.num_clicks == 2
+    s.select_object(2)
+    s.delete_object(1)  # deleting another object leaves the current one current
+    assert s.current_label == 2 and np.array_equal(s.mask, b)
+    assert s.new_object() == 3  # labels are never reused
+    for bad in (0, 3 + 1, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"1\.\.3"):
+            s.select_object(bad)
+    with pytest.raises(ValueError, match=r"1\.\.3"):
+        s.delete_object(4)
+
+
+def test_paint_is_an_edit_layer_on_top_of_every_later_prediction():
+    s, ball = _ball_session()
+    brush = np.array([[5, 5, k] for k in range(3, 9)])  # a stroke far outside the ball
+    m = s.paint(brush)  # on an empty object: the stroke is the mask, no model call
+    assert m.sum() == 6 and m[5, 5, 3:9].all() and s.num_clicks == 0
+    s.add_click((30, 32, 25))
+    s.paint(np.array([[30, 32, 25], [31, 32, 25]]), erase=True)
+    m = s.add_click((28, 32, 25))  # a later prediction: brush and eraser still applied on top of it
+    assert m[5, 5, 3:9].all() and m[30, 32, 25] == 0 and m[31, 32, 25] == 0
+    assert m.sum() == ball.sum() - 2 + 6
+    s.undo()
+    m = s.undo()  # the eraser stroke undone: the ball whole again, the brush stroke still on
+    assert m[30, 32, 25] == 1 and m.sum() == ball.sum() + 6
+    world = voxel_to_world(np.array([40.0, 40.0, 40.0]), s.volume.affine)
+    assert s.paint(world[None], world=True)[40, 40, 40] == 1
+    s.paint(np.array([[40, 40, 40]]), erase=True)
+    with pytest.raises(ValueError, match="outside the volume"):
+        s.paint(np.array([[60, 0, 0]]))
+    with pytest.raises(ValueError, match=r"paint stroke must be finite points \(N, 3\)"):
+        s.paint(np.array([1, 2, 3]))
+    assert s.mask[40, 40, 40] == 0

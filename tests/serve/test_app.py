@@ -403,7 +403,7 @@ def test_upload_itk_formats(client, tmp_path, nifti_bytes, suffix, truth):
 
 
 def test_dicom_folder_under_the_data_root(client, data_root, tmp_path):
-    from tests.test_io import _write_ct_series
+    from tests.io.helpers import _write_ct_series
 
     hu = np.round(100 + np.random.default_rng(0).normal(0, 5, (24, 20, 16))).astype(np.float32)
     hu[6:18, 5:15, 4:12] += 900.0

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from tests.serve import test_app as base
 from tests.serve.test_app import CENTRE, SHAPE, _app, _new, _upload
-from volsam.serve import app as app_module
 from volsam.serve import create_app
+from volsam.serve.routes import sessions as sessions_routes
 from volsam.session import MAX_OBJECTS, Session
 
 # The fixtures of the API tests (a fake model that segments bright voxels, a NIfTI with a bright box).
@@ -135,8 +135,8 @@ def test_full_server_refuses_before_decoding(model, nifti_bytes, monkeypatch):
             return super().add_click(*a, **kw)
 
     reads = []
-    real = app_module.read_image
-    monkeypatch.setattr(app_module, "read_image", lambda *a, **kw: reads.append(a) or real(*a, **kw))
+    real = sessions_routes.read_image
+    monkeypatch.setattr(sessions_routes, "read_image", lambda *a, **kw: reads.append(a) or real(*a, **kw))
     with TestClient(create_app(session_factory=lambda: Slow(model, "cpu"), max_sessions=1)) as c:
         sid = _new(c, nifti_bytes)
         t = threading.Thread(target=lambda: c.post(f"/sessions/{sid}/clicks", json={"point": CENTRE}))

@@ -120,8 +120,8 @@ def _resolve_model(
 ) -> Any:
     """A Sam3D from a name (with ``random_weights``: drawn under ``torch.manual_seed(seed)``), path or
     instance."""
+    from volsam.models import resolve_model
     from volsam.registry import list_models
-    from volsam.session import resolve_model
 
     if random_weights and isinstance(model, str) and model in list_models():
         from volsam.registry import build_model
