@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from volsam.serve.routes.viewer import STATIC_DIR
+
 OLD_REV = "51e1bb9"  # the viewer before issue 31
 
 INJECT = """
@@ -53,8 +55,6 @@ CLICK_AT = """([frac]) => {
 
 def _old_static(rev: str, into: Path) -> Path:
     """The static folder of ``rev`` with today's vendored NiiVue."""
-    from volsam.serve.app import STATIC_DIR
-
     into.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parents[1]
     listing = subprocess.run(
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from playwright.sync_api import sync_playwright
 
-    import volsam.serve.app as app_module
+    import volsam.serve.routes.viewer as viewer_routes
+    from volsam.serve.app import create_app
     from volsam.serve.background import background_server
     from volsam.session import Session
     from tests.serve.test_viewer import CHROMIUM, CHROMIUM_ARGS
@@ -94,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="volsam-bench-viewer-"))
     try:
         if args.page == "old":
-            app_module.STATIC_DIR = _old_static(args.rev, tmp / "static")
+            viewer_routes.STATIC_DIR = _old_static(args.rev, tmp / "static")
         model = Session(args.model).model
-        app = app_module.create_app(session_factory=lambda: Session(model))
+        app = create_app(session_factory=lambda: Session(model))
         rng = np.random.default_rng(0)
         fracs = [[float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7)), 0.5] for _ in range(args.clicks + 2)]
         with background_server(app) as url, sync_playwright() as p:
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             parts = page.evaluate("window.volsamViewer.state.timings || null")
             browser.close()
     finally:
-        app_module.STATIC_DIR = Path(app_module.__file__).parent / "static"
+        viewer_routes.STATIC_DIR = STATIC_DIR
         shutil.rmtree(tmp, ignore_errors=True)
     page_ms = [s - a for a, s in zip(bench["answers"][2:], bench["shown"][2:], strict=True)]
     result = {

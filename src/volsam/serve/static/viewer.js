@@ -14,6 +14,7 @@ const LAYOUTS = ["grid", "row", "axial", "coronal", "sagittal", "render"];
 // Window presets as [width, level] in HU.
 const PRESETS = { lung: [1500, -600], soft: [400, 40], bone: [1800, 400], brain: [80, 40] };
 const MAX_QUEUED = 4;
+const PAINT_CHUNK = 4000;
 
 const nv = new niivue.Niivue({
   backColor: [0.07, 0.07, 0.07, 1],
@@ -98,6 +99,9 @@ function pick(e) {
   return { mm: Array.from(nv.frac2mm(frac)).slice(0, 3), frac, tile: tile.axCorSag, xy };
 }
 
+/** Coordinates to 0.01 (mm or voxels): finer than any voxel, and short in JSON (bodies are capped at 64 KiB). */
+const round2 = (p) => p.map((v) => Math.round(v * 100) / 100);
+
 /** Voxel axis closest to a RAS axis (for the lasso's slice). */
 function voxelAxis(rasAxis) {
   const row = state.info.affine[rasAxis].slice(0, 3).map(Math.abs);
@@ -154,6 +158,8 @@ async function renderObjects() {
   const ul = $("objects");
   ul.replaceChildren();
   for (const label of state.labels) {
+    // a deleted object keeps its label on the server, empty: the list leaves it out until it has voxels again
+    if (state.meta.deleted.includes(label) && !counts[label] && label !== state.current) continue;
     const li = document.createElement("li");
     li.dataset.label = String(label);
     li.classList.toggle("current", label === state.current);
@@ -268,9 +274,10 @@ function drawMarks(preview = null) {
   if (!state.id || !nv.volumes.length) return;
   const cross = nv.scene.crosshairPos;
   const dimsRAS = nv.volumes[0].dimsRAS;
-  const r = Math.max(4, marks.width / 250);
+  const r = Math.max(6, marks.width / 160);
   for (const m of state.meta.marks) {
     if (m.label !== state.current) continue;
+    if (m.box) { drawBox(ctx, m, cross, dimsRAS); continue; }
     const frac = nv.mm2frac(m.mm);
     for (const tile of nv.screenSlices) {
       const type = tile.axCorSag;
@@ -315,6 +322,21 @@ function drawMarks(preview = null) {
     ctx.stroke();
     ctx.setLineDash([]);
   }
+}
+
+/** A box prompt, outlined on the view of the slice it was drawn on while that slice is shown. */
+function drawBox(ctx, m, cross, dimsRAS) {
+  const [a, b] = m.box.map((mm) => nv.mm2frac(mm));
+  const ax = NORMAL_AXIS[m.tile];
+  if (Math.abs(a[ax] - cross[ax]) * dimsRAS[ax + 1] > 0.5) return;
+  const corners = [a, b].map((f) => { const g = [...f]; g[ax] = cross[ax]; return nv.frac2canvasPosWithTile(g, m.tile); });
+  if (corners.some((c) => !c || !c.pos)) return;
+  const [p, q] = corners.map((c) => c.pos);
+  ctx.setLineDash([6, 4]);
+  ctx.lineWidth = 2;
+  ctx.strokeStyle = m.pending ? "#fff" : "#ff0";
+  ctx.strokeRect(p[0], p[1], q[0] - p[0], q[1] - p[1]);
+  ctx.setLineDash([]);
 }
 
 // Markers follow every redraw (slice change, zoom, layout) by wrapping NiiVue's drawScene.
@@ -387,15 +409,15 @@ canvas.addEventListener("pointerup", (e) => {
       setStatus("box: drag a rectangle on one slice", true);
       return;
     }
-    prompt("box", "box", { lo, hi, world: true });
+    prompt("box", "box", { lo: round2(lo), hi: round2(hi), world: true }, [{ box: [lo, hi], tile: s.tile, positive: true }]);
   } else if (s.kind === "scribble") {
-    prompt("scribble", "scribble", { points: s.mm, positive: s.positive, world: true });
+    prompt("scribble", "scribble", { points: s.mm.map(round2), positive: s.positive, world: true });
   } else if (s.kind === "lasso") {
     if (s.mm.length < 3) { setStatus("lasso: draw a closed outline", true); return; }
     const axis = voxelAxis(NORMAL_AXIS[s.tile]);
     const vox = s.mm.map(state.inverse);
     const plane = [0, 1, 2].filter((a) => a !== axis);
-    const polygon = vox.map((v) => [v[plane[0]], v[plane[1]]]);
+    const polygon = vox.map((v) => round2([v[plane[0]], v[plane[1]]]));
     prompt("lasso", "lasso", { polygon, axis, index: Math.round(vox[0][axis]), positive: s.positive });
   }
   void id;
@@ -408,9 +430,13 @@ nv.onDrawingChanged = (action) => {
   const points = changedVoxels(nv.drawBitmap, state.serverLayer, state.lut, state.dims);
   if (!points.length) return;
   const erase = state.tool === "eraser";
-  submit(erase ? "eraser" : "brush", () => send("POST", `sessions/${state.id}/paint`, { points, erase }), (r) => {
-    state.history.push({ kind: "paint", label: r.object, marks: 0 });
-  });
+  // A JSON body is capped at 64 KiB (about 5000 voxels): a big stroke goes in parts, each undone on its own.
+  for (let n = 0; n < points.length; n += PAINT_CHUNK) {
+    const part = points.slice(n, n + PAINT_CHUNK);
+    submit(erase ? "eraser" : "brush", () => send("POST", `sessions/${state.id}/paint`, { points: part, erase }), (r) => {
+      state.history.push({ kind: "paint", label: r.object, marks: 0 });
+    });
+  }
 };
 
 // Ctrl+wheel zooms (plain wheel moves slices, NiiVue's default).
@@ -450,6 +476,20 @@ function showWindow() {
   const w = v.cal_max - v.cal_min;
   $("ro-wl").textContent = `${w.toFixed(0)} / ${((v.cal_max + v.cal_min) / 2).toFixed(0)}`;
   document.body.dataset.window = `${v.cal_min},${v.cal_max}`;
+}
+
+/** MR "auto" window: the 0.5th to 99.5th percentile of the non-zero voxels (a 1024-bin histogram). */
+function autoWindow(v) {
+  const lo = v.global_min, hi = v.global_max, bins = new Float64Array(1024);
+  if (!(hi > lo)) return [lo, hi + 1];
+  const scale = 1023 / (hi - lo), slope = v.hdr.scl_slope || 1, inter = v.hdr.scl_inter || 0;
+  let total = 0;
+  for (let n = 0; n < v.img.length; n++) {
+    const x = v.img[n] * slope + inter;
+    if (x !== 0) { bins[Math.round((x - lo) * scale)]++; total++; }
+  }
+  const at = (q) => { let sum = 0; for (let b = 0; b < 1024; b++) { sum += bins[b]; if (sum >= q * total) return lo + b / scale; } return hi; };
+  return total ? [at(0.005), at(0.995)] : [lo, hi];
 }
 
 function setPreset(name) {
@@ -509,12 +549,12 @@ async function openSession(info, { name = "image", reattach = false } = {}) {
   state.history = [];
   state.numObjects = info.objects || 1;
   state.meta = JSON.parse(sessionStorage.getItem(`volsam.meta.${info.id}`) || "null") ||
-    { image: name, names: {}, hidden: [], marks: [] };
+    { image: name, names: {}, hidden: [], deleted: [], marks: [] };
   sessionStorage.setItem("volsam.session", info.id);
   saveMeta();
   await nv.loadVolumes([{ url: `sessions/${info.id}/image`, name: "image.nii.gz", headers: authHeaders() }]);
   const back = nv.volumes[0];
-  state.autoWindow = [back.cal_min, back.cal_max]; // NiiVue's choice for the image (header or robust range)
+  state.autoWindow = autoWindow(back);
   state.dims = back.hdr.dims.slice(1, 4);
   const identity = back.permRAS.every((p, s) => p === s + 1);
   state.lut = identity ? null : rasLookup(back.permRAS, state.dims);
@@ -577,7 +617,7 @@ $("undo").addEventListener("click", undo);
 $("reset").addEventListener("click", () => {
   if (!state.id || !window.confirm("Clear every object and prompt of this image? This cannot be undone.")) return;
   submit("reset", () => send("POST", `sessions/${state.id}/reset`), () => {
-    state.meta = { ...state.meta, names: {}, hidden: [], marks: [] };
+    state.meta = { ...state.meta, names: {}, hidden: [], deleted: [], marks: [] };
     state.history = [];
     state.numObjects = 1;
     applyColours();
@@ -604,6 +644,8 @@ $("objects").addEventListener("click", (e) => {
     if (!window.confirm(`Delete ${objectName(label)}?`)) return;
     submit("delete", () => send("DELETE", `sessions/${state.id}/objects/${label}`), () => {
       state.meta.marks = state.meta.marks.filter((m) => m.label !== label);
+      state.meta.deleted = [...new Set([...state.meta.deleted, label])];
+      state.history.push({ kind: "delete", label, marks: 0 });
     });
   } else if (!e.target.classList.contains("name") && label !== state.current) {
     if (!state.caps.objects) { setStatus("selecting an object needs a server with POST /sessions/{id}/objects/{label}/select", true); return; }
