@@ -712,8 +712,19 @@ document.addEventListener("keydown", (e) => {
 
 nv.onLocationChange = () => drawMarks();
 
+/** True when WebGL runs in software (SwiftShader, llvmpipe): there the 3D view costs about a second per
+ *  redraw (benchmarks/bench_viewer.py), so the page opens without it. */
+function softwareWebGL() {
+  const gl = nv.gl;
+  const ext = gl && gl.getExtension("WEBGL_debug_renderer_info");
+  const renderer = ext ? String(gl.getParameter(ext.UNMASKED_RENDERER_WEBGL)) : "";
+  return /swiftshader|llvmpipe|softpipe|software/i.test(renderer);
+}
+
 nv.attachToCanvas(canvas).then(async () => {
-  setLayout("grid");
+  state.software = softwareWebGL();
+  document.body.dataset.software = state.software ? "1" : "0";
+  setLayout(state.software ? "row" : "grid");
   setTool("point");
   setConvention(false);
   const path = new URLSearchParams(window.location.search).get("path");
