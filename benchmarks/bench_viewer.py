@@ -63,7 +63,8 @@ def _old_static(rev: str, into: Path) -> Path:
     ).stdout.split()
     for path in listing:
         if path.endswith((".html", ".js", ".css")):
-            data = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], check=True, capture_output=True).stdout
+            show = ["git", "-C", str(root), "show", f"{rev}:{path}"]
+            data = subprocess.run(show, check=True, capture_output=True).stdout
             (into / Path(path).name).write_bytes(data)
     shutil.copytree(STATIC_DIR / "vendor", into / "vendor")
     return into
@@ -83,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     from playwright.sync_api import sync_playwright
+    from tests.serve.test_viewer import CHROMIUM, CHROMIUM_ARGS
 
     import volsam.serve.routes.viewer as viewer_routes
     from volsam.serve.app import create_app
     from volsam.serve.background import background_server
     from volsam.session import Session
-    from tests.serve.test_viewer import CHROMIUM, CHROMIUM_ARGS
 
     if CHROMIUM is None:
         raise SystemExit("needs Debian's chromium (apt-get install chromium)")

@@ -80,5 +80,6 @@ def test_bad_labels_and_points_are_400(client):
 
 def test_object_routes_need_the_token(client):
     c, sid, _ = client
+    wrong = {"Authorization": "Bearer wrong"}
     for method, path in [("get", "objects"), ("post", "objects/1/select"), ("delete", "objects/1"), ("post", "paint")]:
-        assert getattr(c, method)(f"/sessions/{sid}/{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert getattr(c, method)(f"/sessions/{sid}/{path}", headers=wrong).status_code == 401

@@ -244,7 +244,8 @@ def test_box_on_a_slice(page, server):
 def test_scribble_and_lasso(page, server):
     session = server[1][-1]
     page.keyboard.press("s")
-    pts = [at(page, [0.5, 0.5, 0.5])] + [at(page, [0.5 + d, 0.5 + d / 2, 0.5], move_crosshair=False) for d in (0.03, 0.06)]
+    pts = [at(page, [0.5, 0.5, 0.5])]
+    pts += [at(page, [0.5 + d, 0.5 + d / 2, 0.5], move_crosshair=False) for d in (0.03, 0.06)]
     n = updates(page)
     drag(page, pts)
     wait_update(page, n)
@@ -305,8 +306,27 @@ def test_select_object_one_and_edit_it(page, server):
     drag(page, [a, at(page, [0.25, 0.2, 0.5], move_crosshair=False)])
     wait_update(page, n + 1)
     after = server_counts(session)
-    assert after[1] > before[1] and after[2] == before[2]
+    # object 1 grew by the stroke; object 2 lost at most the voxels the stroke took from it
+    gained = after[1] - before[1]
+    assert gained > 0 and 0 <= before[2] - after[2] <= gained
     assert layer_counts(page) == after
+    # the eraser takes voxels out of object 1 (object 2's own prediction shows again where it was under them)
+    page.keyboard.press("e")
+    drag(page, [a, at(page, [0.22, 0.2, 0.5], move_crosshair=False)])
+    wait_update(page, n + 2)
+    erased = server_counts(session)
+    assert erased[1] < after[1] and erased[2] >= after[2] and layer_counts(page) == erased
+    # delete object 2 (asks first): it leaves the layer and the list; undo brings it back
+    page.once("dialog", lambda d: d.accept())
+    page.locator("#objects li").nth(1).locator(".del").click()
+    wait_update(page, n + 3)
+    assert 2 not in server_counts(session) and 2 not in layer_counts(page)
+    assert page.locator("#objects li").count() == 1
+    page.keyboard.press("Control+z")
+    wait_update(page, n + 4)
+    assert server_counts(session) == erased == layer_counts(page)
+    assert page.locator("#objects li").count() == 2
+    page.keyboard.press("p")
 
 
 def test_busy_state_queues_clicks(page, server):

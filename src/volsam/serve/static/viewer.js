@@ -131,10 +131,6 @@ async function refreshLayer(result, t) {
   state.serverLayer = nv.drawBitmap.slice();
   nv.refreshDrawing(true); // uploads the drawing texture and redraws; the image's texture is untouched
   t.drawn = performance.now();
-  if (result) {
-    state.current = result.object;
-    state.numObjects = Math.max(state.numObjects, result.object);
-  }
   await renderObjects();
   if (result) {
     document.body.dataset.voxels = String(result.voxels);
@@ -176,6 +172,7 @@ async function renderObjects() {
     ul.append(li);
   }
   document.body.dataset.current = String(state.current);
+  if (state.tool === "brush") nv.opts.penValue = state.current; // the brush paints the current object's colour
   drawMarks();
 }
 
@@ -215,6 +212,8 @@ async function drain() {
     try {
       const result = await (await job.request()).json();
       t.answer = performance.now();
+      state.current = result.object;
+      state.numObjects = Math.max(state.numObjects, result.object);
       job.after(result);
       await refreshLayer(result, t);
       const timing = {
@@ -357,7 +356,8 @@ function setTool(tool) {
   document.body.dataset.tool = tool;
   for (const b of document.querySelectorAll("[data-tool]")) b.classList.toggle("active", b.dataset.tool === tool);
   const D = niivue.DRAG_MODE;
-  const primary = { point: D.crosshair, wl: D.windowing }[tool] ?? D.none;
+  // NiiVue's pen draws on the crosshair path of the left button
+  const primary = { point: D.crosshair, wl: D.windowing, brush: D.crosshair, eraser: D.crosshair }[tool] ?? D.none;
   nv.setMouseEventConfig({
     leftButton: { primary, withShift: primary, withCtrl: D.windowing },
     rightButton: D.none,
@@ -366,7 +366,10 @@ function setTool(tool) {
   const painting = tool === "brush" || tool === "eraser";
   if (painting && !state.caps.objects) setStatus("brush and eraser need a server with POST /sessions/{id}/paint", true);
   nv.setDrawingEnabled(painting && state.caps.objects && !!state.id);
-  if (painting) nv.setPenValue(tool === "eraser" ? 0 : state.current, false);
+  if (painting) {
+    nv.opts.penSize = Number($("pen").value);
+    nv.setPenValue(tool === "eraser" ? 0 : state.current, false);
+  }
 }
 
 canvas.addEventListener("contextmenu", (e) => e.preventDefault());
@@ -649,7 +652,7 @@ $("objects").addEventListener("click", (e) => {
     });
   } else if (!e.target.classList.contains("name") && label !== state.current) {
     if (!state.caps.objects) { setStatus("selecting an object needs a server with POST /sessions/{id}/objects/{label}/select", true); return; }
-    submit("select", () => send("POST", `sessions/${state.id}/objects/${label}/select`), () => setTool(state.tool));
+    submit("select", () => send("POST", `sessions/${state.id}/objects/${label}/select`));
   }
 });
 $("objects").addEventListener("change", (e) => {
