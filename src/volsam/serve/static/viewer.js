@@ -141,14 +141,17 @@ async function refreshLayer(result, t) {
   t.shown = performance.now();
 }
 
+/** Redraw the object list; the server's listing is asked for only after what can change the set of objects
+ *  (`state.relist`: open, undo, reset, new object, delete), so a prompt costs the page no extra request. */
 async function renderObjects() {
-  if (state.caps.objects) {
+  if (state.caps.objects && (state.relist || !state.labels)) {
     const listing = await (await api(`sessions/${state.id}/objects`)).json();
     state.labels = listing.objects.map((o) => o.label);
     state.current = listing.current;
-  } else {
+  } else if (!state.caps.objects) {
     state.labels = Array.from({ length: state.numObjects }, (_, n) => n + 1);
   }
+  state.relist = false;
   const counts = histogram(nv.drawBitmap);
   const voxelMl = state.info.spacing.reduce((a, b) => a * b, 1) / 1000;
   const ul = $("objects");
@@ -250,6 +253,7 @@ function prompt(kind, path, body, marks = []) {
 
 function undo() {
   submit("undo", () => send("POST", `sessions/${state.id}/undo`), () => {
+    state.relist = true;
     const last = state.history.pop();
     if (last && last.marks) {
       for (let n = state.meta.marks.length - 1, left = last.marks; n >= 0 && left; n--) {
@@ -550,6 +554,7 @@ async function openSession(info, { name = "image", reattach = false } = {}) {
   state.info = info;
   state.inverse = invert(info.affine);
   state.history = [];
+  state.labels = null; // asked for again
   state.numObjects = info.objects || 1;
   state.meta = JSON.parse(sessionStorage.getItem(`volsam.meta.${info.id}`) || "null") ||
     { image: name, names: {}, hidden: [], deleted: [], marks: [] };
@@ -620,6 +625,7 @@ $("undo").addEventListener("click", undo);
 $("reset").addEventListener("click", () => {
   if (!state.id || !window.confirm("Clear every object and prompt of this image? This cannot be undone.")) return;
   submit("reset", () => send("POST", `sessions/${state.id}/reset`), () => {
+    state.relist = true;
     state.meta = { ...state.meta, names: {}, hidden: [], deleted: [], marks: [] };
     state.history = [];
     state.numObjects = 1;
@@ -628,6 +634,7 @@ $("reset").addEventListener("click", () => {
 });
 $("object").addEventListener("click", () =>
   submit("new object", () => send("POST", `sessions/${state.id}/objects`), (r) => {
+    state.relist = true;
     state.numObjects = Math.max(state.numObjects, r.object);
     state.history.push({ kind: "object", label: r.object, marks: 0 });
   }));
@@ -646,6 +653,7 @@ $("objects").addEventListener("click", (e) => {
   } else if (e.target.classList.contains("del")) {
     if (!window.confirm(`Delete ${objectName(label)}?`)) return;
     submit("delete", () => send("DELETE", `sessions/${state.id}/objects/${label}`), () => {
+      state.relist = true;
       state.meta.marks = state.meta.marks.filter((m) => m.label !== label);
       state.meta.deleted = [...new Set([...state.meta.deleted, label])];
       state.history.push({ kind: "delete", label, marks: 0 });
