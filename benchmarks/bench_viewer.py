@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--page", choices=["new", "old"], default="new")
     ap.add_argument("--rev", default=OLD_REV, help="git revision of the old page")
-    ap.add_argument("--layout", choices=["grid", "row"], default="grid", help="new page: 2x2 with 3D, or 1x3")
+    ap.add_argument(
+        "--layout", choices=["grid", "grid3", "row"], default="grid",
+        help="new page: 2x2 with 3D, 2x2 without it (software WebGL's default), or 1x3",
+    )
     ap.add_argument("--clicks", type=int, default=8, help="timed clicks (after 2 untimed)")
     ap.add_argument("--model", default=None, help="the server's model (default: shipped)")
     ap.add_argument("--width", type=int, default=1400)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             page.click("#demo")
             page.wait_for_selector("body[data-session]", timeout=60_000)
             if args.page == "new":
-                page.click(f"[data-layout='{args.layout}']")
+                page.evaluate("(layout) => window.volsamViewer.setLayout(layout)", args.layout)
             page.wait_for_timeout(500)
             for n, frac in enumerate(fracs, start=1):
                 page.mouse.click(*page.evaluate(CLICK_AT, [frac]))

@@ -181,13 +181,14 @@ def test_opens_the_demo(page, server):
     page.wait_for_selector("body[data-session]", timeout=TIMEOUT)
     session = server[1][-1]
     assert page.get_attribute("body", "data-session")
-    # software WebGL (SwiftShader here): the page opens in the three-plane row, without the 3D view that
-    # would cost it about a second per redraw; tiles use the page's width
+    # software WebGL (SwiftShader here): the page opens in the 2x2 grid without the 3D view, which would
+    # cost it about a second per redraw; the tiles use the page's height
     assert page.get_attribute("body", "data-software") == "1"
-    tiles = page.evaluate("window.volsamViewer.nv.screenSlices.map((t) => [t.axCorSag, t.leftTopWidthHeight[2]])")
-    view_w = page.evaluate("window.volsamViewer.nv.canvas.width")
+    assert page.get_attribute("body", "data-layout") == "grid3"
+    tiles = page.evaluate("window.volsamViewer.nv.screenSlices.map((t) => [t.axCorSag, t.leftTopWidthHeight[3]])")
+    view_h = page.evaluate("window.volsamViewer.nv.canvas.height")
     assert sorted(t for t, _ in tiles) == [0, 1, 2]
-    assert sum(w for _, w in tiles) > 0.95 * view_w
+    assert sum(h for t, h in tiles if t != 2) > 0.95 * view_h  # axial below coronal fill the height
     assert layer_counts(page) == server_counts(session) == {}
     shot(page, "demo")
 
@@ -383,6 +384,8 @@ def test_layouts_and_no_stranding_in_3d(page):
     def tiles() -> list[int]:
         return sorted(page.evaluate("window.volsamViewer.nv.screenSlices.map((t) => t.axCorSag)"))
 
+    page.click("[data-layout='row']")
+    assert tiles() == [0, 1, 2]
     page.click("[data-layout='grid']")
     assert tiles() == [0, 1, 2, 4]
     page.click("[data-layout='axial']")

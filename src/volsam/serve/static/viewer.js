@@ -39,7 +39,7 @@ const state = {
   tool: "point", layout: "grid", lut: null, dims: null, serverLayer: null,
   timings: [], hover: null, lastTile: SLICE.axial,
 };
-window.volsamViewer = { nv, state, labelCounts: () => Array.from(histogram(nv.drawBitmap || [])) };
+window.volsamViewer = { nv, state, setLayout, labelCounts: () => Array.from(histogram(nv.drawBitmap || [])) };
 
 // ---------------------------------------------------------------- status, REST
 
@@ -528,9 +528,11 @@ function setLayout(layout) {
   state.layout = layout;
   for (const b of document.querySelectorAll("[data-layout]")) b.classList.toggle("active", b.dataset.layout === layout);
   const M = niivue.MULTIPLANAR_TYPE;
-  if (layout === "grid" || layout === "row") {
+  if (layout === "grid3") document.querySelector("[data-layout='grid']").classList.add("active");
+  if (layout === "grid" || layout === "grid3" || layout === "row") {
+    // grid3: the 2x2 grid with its 3D tile left empty (software WebGL's default, see softwareWebGL)
     nv.opts.multiplanarShowRender = layout === "grid" ? niivue.SHOW_RENDER.ALWAYS : niivue.SHOW_RENDER.NEVER;
-    nv.opts.multiplanarLayout = layout === "grid" ? M.GRID : M.ROW;
+    nv.opts.multiplanarLayout = layout === "row" ? M.ROW : M.GRID;
     nv.setSliceType(SLICE.multi);
   } else {
     nv.setSliceType(SLICE[layout]);
@@ -706,7 +708,7 @@ document.addEventListener("keydown", (e) => {
   else if (e.ctrlKey || e.metaKey || e.altKey) done = false;
   else if (TOOL_KEYS[key]) setTool(TOOL_KEYS[key]);
   else if (key === "n") $("object").click();
-  else if (key === "v") setLayout(LAYOUTS[(LAYOUTS.indexOf(state.layout) + 1) % LAYOUTS.length]);
+  else if (key === "v") setLayout(LAYOUTS[(Math.max(0, LAYOUTS.indexOf(state.layout)) + 1) % LAYOUTS.length]);
   else if (key === "r") setConvention(!nv.opts.isRadiologicalConvention);
   else if (key === "+" || key === "=") zoom(1.25);
   else if (key === "-") zoom(1 / 1.25);
@@ -724,7 +726,8 @@ document.addEventListener("keydown", (e) => {
 nv.onLocationChange = () => drawMarks();
 
 /** True when WebGL runs in software (SwiftShader, llvmpipe): there the 3D view costs about a second per
- *  redraw (benchmarks/bench_viewer.py), so the page opens without it. */
+ *  redraw (benchmarks/bench_viewer.py), so the page opens in the 2x2 grid without it (the 2x2 button
+ *  brings it back). */
 function softwareWebGL() {
   const gl = nv.gl;
   const ext = gl && gl.getExtension("WEBGL_debug_renderer_info");
@@ -735,7 +738,7 @@ function softwareWebGL() {
 nv.attachToCanvas(canvas).then(async () => {
   state.software = softwareWebGL();
   document.body.dataset.software = state.software ? "1" : "0";
-  setLayout(state.software ? "row" : "grid");
+  setLayout(state.software ? "grid3" : "grid");
   setTool("point");
   setConvention(false);
   const path = new URLSearchParams(window.location.search).get("path");
