@@ -406,7 +406,6 @@ canvas.addEventListener("pointerup", (e) => {
   stroke = null;
   if (!s) return;
   drawMarks();
-  const id = state.id;
   if (s.kind === "point") {
     if (Math.hypot(e.clientX - s.start[0], e.clientY - s.start[1]) > 4) return; // a drag, not a click
     prompt("click", "clicks", { point: s.mm[0], positive: s.positive, world: true }, [{ mm: s.mm[0], positive: s.positive }]);
@@ -427,7 +426,6 @@ canvas.addEventListener("pointerup", (e) => {
     const polygon = vox.map((v) => round2([v[plane[0]], v[plane[1]]]));
     prompt("lasso", "lasso", { polygon, axis, index: Math.round(vox[0][axis]), positive: s.positive });
   }
-  void id;
 });
 
 // Brush and eraser: NiiVue's own pen paints the drawing layer; the stroke (the voxels it changed) goes to
@@ -468,13 +466,12 @@ function showReadout(at) {
   $("ro-voxel").textContent = vox.join(", ");
   $("ro-mm").textContent = at.mm.map((v) => v.toFixed(1)).join(", ");
   const back = nv.volumes[0];
-  const [nx, ny, nz] = state.dims;
+  const [nx, ny] = state.dims;
   if (vox.every((v, a) => v >= 0 && v < state.dims[a])) {
     const slope = back.hdr.scl_slope || 1;
     const value = back.img[vox[0] + nx * (vox[1] + ny * vox[2])] * slope + (back.hdr.scl_inter || 0);
     $("ro-value").textContent = Number.isInteger(value) ? String(value) : value.toPrecision(5);
   }
-  void nz;
 }
 
 function showWindow() {
