@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine: system packages, a virtual environment, the viewer's files.
 #   bash scripts/setup.sh          what `volsam` needs (mricron-data)
-#   bash scripts/setup.sh --test   also what the test suite needs (Debian's chromium for the viewer test)
+#   bash scripts/setup.sh --test   also what the test suite needs (Debian's chromium for the viewer test;
+#                                  orthanc + orthanc-dicomweb: the PACS the datastore tests start on loopback)
 #   bash scripts/setup.sh --data   also the open training data (invesalius-examples head CT, nilearn's MNI152)
 #   options combine: bash scripts/setup.sh --test --data
 set -euo pipefail
@@ -11,7 +12,8 @@ extra="[test]"
 # Options combine (`--test --data`); each one only adds packages.
 for opt in "$@"; do
     case "$opt" in
-        --test) command -v chromium >/dev/null 2>&1 || want+=(chromium) ;;
+        # Orthanc: the tests start their own instance on a free port (tests/datastore/conftest.py).
+        --test) command -v chromium >/dev/null 2>&1 || want+=(chromium); want+=(orthanc orthanc-dicomweb) ;;
         --data) want+=(invesalius-examples); extra="[test,data]" ;;
         *) echo "setup.sh: unknown option ${opt}; expected --test or --data" >&2; exit 2 ;;
     esac

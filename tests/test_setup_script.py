@@ -39,6 +39,7 @@ def test_setup_options_combine(tmp_path):
     assert r.returncode != 0
     install = [line for line in log.read_text().splitlines() if "install" in line]
     assert len(install) == 1 and "mricron-data" in install[0] and "invesalius-examples" in install[0]
+    assert "orthanc orthanc-dicomweb" in install[0]  # the datastore tests' PACS
 
 
 def test_setup_refuses_an_unknown_option_before_installing(tmp_path):

@@ -79,14 +79,14 @@ def test_the_groups_register_every_command_in_the_documented_order_each_with_a_b
     parser = build_parser()
     top = [path[0] for path, _ in _commands(parser) if len(path) == 1]
     assert top == [
-        "info", "demo", "memory", "serve", "models", "weights", "segment", "evaluate", "challenge-predict",
+        "info", "demo", "memory", "serve", "datastore", "models", "weights", "segment", "evaluate", "challenge-predict",
         "export", "train", "distill",
     ]  # fmt: skip
     commands = dict(_commands(parser))
     nested = {path[:-1] for path in commands if len(path) > 1}
     for path, sub in commands.items():
         if path in nested:
-            continue  # `memory`, `weights`: their subcommands run
+            continue  # `memory`, `weights`, `datastore`: their subcommands run
         assert callable(sub.get_default("func")), path
         with pytest.raises(SystemExit) as e:
             main([*path, "--help"])

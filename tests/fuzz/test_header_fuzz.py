@@ -1,7 +1,9 @@
 """Property-based fuzzing of the image readers (hypothesis): random NRRD, MetaImage and NIfTI headers,
-some naming data files outside themselves, some declaring huge or empty sizes. Whatever the bytes,
-:func:`volsam.io.read_image` with ``data_files="refuse"`` and a voxel budget either returns a volume
-within the budget made from the file's own bytes, or raises a one-line :class:`ImageReadError`.
+some naming data files outside themselves, some declaring huge or empty sizes, with LF, CR or CRLF line
+ends mixed line by line, and NIfTI header extension blocks of any size. Whatever the bytes,
+:func:`volsam.io.read_image` with ``data_files="refuse"`` or the data folder as root, and a voxel budget,
+either returns a volume within the budget made from the file's own bytes, or raises a one-line
+:class:`ImageReadError`.
 ``VOLSAM_FUZZ_EXAMPLES`` sets the cases per format (default 100)."""
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ small = st.integers(-2, 70) | st.sampled_from([0, 1, 2**31, 2**40, 10**6])
 words = st.text(st.characters(codec="ascii", exclude_characters="\n\r"), max_size=30)
 
 
+def _lines(draw: st.DrawFn, lines: list[str]) -> str:
+    """``lines`` joined with line ends drawn one by one (teem ends a line at CR, LF or CRLF; MetaIO at LF)."""
+    style = draw(st.sampled_from(["\n", "\r", "\r\n", "mixed"]))
+    ends = st.sampled_from(["\n", "\r", "\r\n"]) if style == "mixed" else st.just(style)
+    return "".join(line + draw(ends) for line in lines)
+
+
 def _data_file_values(outside: str) -> st.SearchStrategy[str]:
     return st.sampled_from(
         [outside, "secret.raw", "../secret.raw", "LIST", f"{outside[:-4]}%d.raw 0 2 1", "%999999999d.raw 1 2 1"]
@@ -54,7 +63,11 @@ def nrrd_files(draw: st.DrawFn, outside: str) -> bytes:
     lines += draw(st.lists(st.sampled_from(["# comment", "#" + "x" * 200, "key:=value"]) | words, max_size=4))
     if draw(st.booleans()):
         lines.append(f"sizes: {draw(st.lists(small, min_size=3, max_size=3)).__str__()[1:-1].replace(',', '')}")
-    return ("\n".join(lines) + "\n\n").encode() + draw(body)
+    if draw(st.booleans()):
+        lines.append(f"data file: LIST{draw(st.sampled_from(['', ' 2', ' 3']))}")
+        lines += draw(st.lists(st.sampled_from([outside, "secret.raw", "../secret.raw", ""]) | words, max_size=3))
+        return _lines(draw, lines).encode()
+    return (_lines(draw, lines) + draw(st.sampled_from(["\n", "\r", "\r\n"]))).encode() + draw(body)
 
 
 @st.composite
@@ -76,7 +89,9 @@ def mha_files(draw: st.DrawFn, outside: str) -> bytes:
         key = draw(st.sampled_from(["ElementDataFile", "elementdatafile", "ELEMENTDATAFILE", " ElementDataFile"]))
         lines.append(f"{key} = {draw(st.sampled_from(['LOCAL', 'local']) | _data_file_values(outside))}")
     lines.append(f"ElementDataFile = {draw(st.sampled_from(['LOCAL']) | _data_file_values(outside))}")
-    return ("\n".join(lines) + "\n").encode() + draw(body)
+    if lines[-1].endswith("LIST"):
+        lines += draw(st.lists(st.sampled_from([outside, "secret.raw", "../secret.raw"]) | words, max_size=3))
+    return _lines(draw, lines).encode() + draw(body)
 
 
 @st.composite
@@ -91,7 +106,15 @@ def nifti_files(draw: st.DrawFn) -> bytes:
     h["bitpix"] = draw(st.sampled_from([8, 16, 32, 64, 24, 0]))
     h["vox_offset"] = draw(st.sampled_from([352.0, 0.0, 348.0, 1e9, -5.0, 2.0**40, 400.0]))
     h["scl_slope"] = draw(st.sampled_from([0.0, 1.0, float("nan"), float("inf"), -2.0]))
-    data = h.tobytes() + b"\0" * 4 + draw(body)
+    # Header extension blocks: sizes up to 2 GiB (only their first bytes written), negative, tiny, many.
+    sizes = st.sampled_from([16, 32, 8, 0, -8, 12, 2**31 - 1, 80 << 20, 65 << 20]) | st.integers(-(2**31), 2**31 - 1)
+    exts = draw(st.lists(sizes, max_size=6)) if draw(st.booleans()) else []
+    if draw(st.integers(0, 9)) == 0:
+        exts = [16] * 1100
+    if exts and draw(st.booleans()):
+        h["vox_offset"] = draw(st.sampled_from([0.0, -1.0, 352.0 + sum(max(e, 0) for e in exts), 352.0 + 16]))
+    blocks = b"".join(np.array([e, 4], "<i4").tobytes() + b"\0" * min(max(e - 8, 0), 64) for e in exts)
+    data = h.tobytes() + (b"\1\0\0\0" + blocks if exts else b"\0" * 4) + draw(body)
     return gzip.compress(data) if draw(st.booleans()) else data
 
 
@@ -106,16 +129,18 @@ def folder():
 
 
 def _check(path: Path) -> None:
-    try:
-        vol = read_image(path, dtype=None, max_voxels=BUDGET, data_files="refuse")
-    except ImageReadError as e:
-        assert "\n" not in str(e) and str(e)
-        kinds = ("separate data file", "outside the data root", "more than the limit", "empty image")
-        event(next((f"refused: {k}" for k in kinds if k in str(e)), "refused: unreadable"))
-        return
-    event("read")
-    assert vol.array.size <= BUDGET and vol.array.ndim == 3
-    assert bytes([SENTINEL]) * 8 not in np.ascontiguousarray(vol.array).tobytes(), "read bytes outside the file"
+    for policy in ("refuse", path.parent):
+        try:
+            vol = read_image(path, dtype=None, max_voxels=BUDGET, data_files=policy)
+        except ImageReadError as e:
+            assert "\n" not in str(e) and str(e)
+            kinds = ("separate data file", "outside the data root", "more than the limit", "empty image")
+            kinds += ("extensions", "vox_offset", "bare CR")
+            event(next((f"refused: {k}" for k in kinds if k in str(e)), "refused: unreadable"))
+            continue
+        event("read")
+        assert vol.array.size <= BUDGET and vol.array.ndim == 3
+        assert bytes([SENTINEL]) * 8 not in np.ascontiguousarray(vol.array).tobytes(), "read bytes outside the file"
 
 
 @FUZZ

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -104,3 +107,29 @@ def _write_ct_series(
 def _assert_one_line(err: pytest.ExceptionInfo[BaseException], path: Path) -> None:
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
+
+
+def nifti_with_extensions(
+    path: Path, sizes: list[int], vox_offset: float | None = None, data: bytes = bytes(8)
+) -> Path:
+    """A 2 x 2 x 2 uint8 NIfTI-1 ``.nii.gz`` whose header extensions have ``sizes`` (bytes each, the 8-byte
+    size/code prefix included; zeros as content), with ``vox_offset`` (None: just past the extensions) and
+    ``data`` after them. Written as gzip members, one per MiB of zeros compressed once, so GiBs of
+    extensions take neither memory nor time to make (readers take concatenated members as one stream)."""
+    hdr = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)).header.copy()
+    hdr["vox_offset"] = 352 + sum(sizes) if vox_offset is None else vox_offset
+    mib = gzip.compress(b"\0" * (1 << 20), compresslevel=9)
+
+    def zeros(n: int) -> Iterator[bytes]:
+        yield from itertools.repeat(mib, n >> 20)
+        if n % (1 << 20):
+            yield gzip.compress(b"\0" * (n % (1 << 20)))
+
+    with path.open("wb") as f:
+        f.write(gzip.compress(hdr.binaryblock + (b"\1\0\0\0" if sizes else b"\0\0\0\0")))
+        for size in sizes:
+            f.write(gzip.compress(np.array([size, 0], "<i4").tobytes()))
+            f.writelines(zeros(max(size - 8, 0)))
+        f.writelines(zeros(max(int(hdr["vox_offset"]) - 352 - sum(sizes), 0)))
+        f.write(gzip.compress(data))
+    return path

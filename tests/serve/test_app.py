@@ -278,7 +278,7 @@ def test_idle_session_expires_with_410(model, nifti_bytes):
 
 
 def test_least_recently_used_session_is_evicted(model, nifti_bytes):
-    with TestClient(_app(model, max_sessions=2)) as c:
+    with TestClient(_app(model, max_sessions=2, min_idle_s=0)) as c:  # every idle session may be evicted
         a, b = _new(c, nifti_bytes), _new(c, nifti_bytes)
         assert c.get(f"/sessions/{a}").status_code == 200  # b is now the least recently used
         new = _new(c, nifti_bytes)
@@ -355,11 +355,12 @@ def test_cli_serve_runs_uvicorn(monkeypatch, tmp_path):
     from volsam.cli import main
 
     seen = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: seen.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port, **kw))
     monkeypatch.setenv("VOLSAM_TOKEN", "envtok")
     argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--data-root", str(tmp_path), "--port", "8123"]
     assert main(argv) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert seen["timeout_keep_alive"] == 5 and seen["http"].__name__ == "HeaderTimeoutProtocol"
     with TestClient(seen["app"]) as c:
         assert c.get("/health").status_code == 401
         assert c.get("/health", headers={"Authorization": "Bearer envtok"}).json()["max_sessions"] == 8
@@ -446,3 +447,41 @@ def test_slice_box_scribble_and_lasso(client, nifti_bytes, truth):
     assert r.status_code == 400 and "slice index" in r.json()["detail"]
     r = client.post(f"/sessions/{sid}/lasso", json={"polygon": polygon[:2], "axis": 2, "index": 1})
     assert r.status_code == 422
+
+
+def test_cli_serve_reads_the_token_from_a_file(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from volsam.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    monkeypatch.delenv("VOLSAM_TOKEN", raising=False)
+    (tmp_path / "token").write_text("filetok\n")
+    argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--port", "8124"]
+    assert main([*argv, "--token-file", str(tmp_path / "token")]) == 0
+    with TestClient(seen["app"]) as c:
+        assert c.get("/health").status_code == 401
+        assert c.get("/health", headers={"Authorization": "Bearer filetok"}).status_code == 200
+    assert "--token" not in capsys.readouterr().err  # no warning: nothing secret on the command line
+    (tmp_path / "empty").write_text("\n")
+    assert main([*argv, "--token-file", str(tmp_path / "empty")]) == 2
+    assert "token file" in capsys.readouterr().err
+    assert main([*argv, "--token", "t", "--token-file", str(tmp_path / "token")]) == 2
+    assert main([*argv, "--token", "cmdtok"]) == 0  # still accepted, with a warning
+    assert "readable by every local user" in capsys.readouterr().err
+
+
+def test_cli_serve_eviction_and_memory_options(monkeypatch):
+    import uvicorn
+
+    from volsam.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app))
+    argv = ["serve", "--model", "fastsam3d_mini", "--random-weights", "--port", "8125"]
+    assert main([*argv, "--idle-timeout", "30", "--min-idle", "5", "--max-memory", "1.5G"]) == 0
+    store = seen["app"].state.store
+    assert (store.idle_timeout_s, store.min_idle_s, store.max_bytes) == (30, 5, 3 << 29)
+    assert main([*argv, "--max-memory", "0"]) == 0 and seen["app"].state.store.max_bytes is None
+    assert main(argv) == 0 and seen["app"].state.store.max_bytes > 0  # half of what the machine has free

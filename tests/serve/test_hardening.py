@@ -247,3 +247,15 @@ def test_new_object_past_the_limit_is_a_value_error(model):
         s.new_object()
     with pytest.raises(ValueError, match="at most 255"):
         s.new_object()
+
+
+@pytest.mark.parametrize("body", ["[" * 20000 + "]" * 20000, '{"path": ' + "[" * 20000 + "]" * 20000 + "}"])
+def test_deeply_nested_json_on_post_sessions_is_400(client, body):
+    r = client.post("/sessions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["detail"], r.text
+
+
+def test_invalid_body_holding_infinity_is_422(client, nifti_bytes):
+    sid = _new(client, nifti_bytes)  # FastAPI's 422 echoes the input; Infinity could not be encoded: a 500
+    r = client.post(f"/sessions/{sid}/clicks", content='{"pt": Infinity}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "point"], r.text

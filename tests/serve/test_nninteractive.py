@@ -260,7 +260,7 @@ def test_undo_with_nothing_to_undo_reports_no_change(http, image):
 
 def test_leases_share_the_rest_api_eviction(image):
     model = ThresholdModel()
-    app = create_app(session_factory=lambda: Session(model, "cpu"), token=TOKEN, max_sessions=1)
+    app = create_app(session_factory=lambda: Session(model, "cpu"), token=TOKEN, max_sessions=1, min_idle_s=0)
     with background_server(app) as url:
         first = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)
         second = remote.nnInteractiveRemoteInferenceSession(url, api_key=TOKEN)  # evicts the idle first
@@ -269,3 +269,39 @@ def test_leases_share_the_rest_api_eviction(image):
         second.set_image(image, {"spacing": SPACING})
         second.close()
         first.close()
+
+
+DEEP = "[" * 20000 + "]" * 20000  # 40 KB of nesting: json raises RecursionError, which used to be a 500
+HUGE = 10**400  # a 400-digit integer: float() of it raised OverflowError, a 500
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        ("/add_point_interaction", {"coordinates": [HUGE, 1, 1]}, "coordinates"),
+        ("/add_bbox_interaction", {"bbox_coords": [[1, HUGE], [1, 2], [1, 2]]}, "bbox_coords"),
+        ("/add_bbox_interaction", {"bbox_coords": [[-HUGE, 3], [1, 2], [1, 2]]}, "bbox_coords"),
+        ("/add_point_interaction", {"coordinates": [1, 1, 1], "include_interaction": HUGE}, "true or false"),
+        ("/set_target_buffer", {"shape": list(SHAPE), "dtype": ["uint8"]}, "dtype"),
+        ("/set_target_buffer", {"shape": list(SHAPE), "dtype": {"name": "uint8"}}, "dtype"),
+        ("/add_point_interaction", DEEP, "nested"),
+        ("/set_target_buffer", DEEP, "nested"),
+        ("/set_do_autozoom", DEEP, "nested"),
+    ],
+)
+def test_hostile_json_is_400_not_500(http, image, path, body, says):
+    h = _lease(http, image)
+    content = body if isinstance(body, str) else json.dumps(body)
+    r = http.post(path, content=content, headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert says in r.json()["detail"] and len(r.json()["detail"]) < 400
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [DEEP[:8000] + DEEP[-8000:], json.dumps({"image_properties": {"spacing": [HUGE, 1, 1]}})],
+)
+def test_hostile_meta_header_is_400_not_500(http, image, meta):
+    h = _lease(http)
+    r = http.post("/set_image", content=wire.pack(image), headers={**h, **OCTET, "X-Meta": meta})
+    assert r.status_code == 400, r.text

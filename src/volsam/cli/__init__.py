@@ -15,12 +15,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from volsam.cli import challenge, demo, evaluate, export, info, memory, models, segment, serve, train
+from volsam.cli import challenge, datastore, demo, evaluate, export, info, memory, models, segment, serve, train
 from volsam.cli.common import err
 
 EXIT_USAGE = 2
 
-GROUPS = (info, demo, memory, serve, models, segment, evaluate, challenge, export, train)
+GROUPS = (info, demo, memory, serve, datastore, models, segment, evaluate, challenge, export, train)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from volsam.cli.common import Click, add_model_args, add_runtime_args, box, build_session, err, point
+from volsam.cli.datastore import add_connection_args, one_line_errors, open_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "order otherwise), or world points in mm RAS+ with --world. They are applied in the order given.",
     )
     p.add_argument("image", nargs="?", help="NIfTI, NRRD, MHA/MHD file or DICOM series folder")
+    p.add_argument(
+        "--dicomweb", metavar="URL",
+        help="take the image from a DICOMweb server (e.g. http://pacs:8042/dicom-web) instead: --series UID; "
+        "the result is saved as the series' next final label version in the local cache",
+    )  # fmt: skip
+    p.add_argument("--series", metavar="UID", help="with --dicomweb: the SeriesInstanceUID to segment")
+    p.add_argument("--push", action="store_true", help="with --dicomweb: store the result to the server as DICOM-SEG")
     p.add_argument(
         "--prompts",
         metavar="FILE",
@@ -39,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_runtime_args(p)
     p.add_argument("--memory", default=None, help="Memorizing-SAM memory file with trained gates")
+    add_connection_args(p)
     p.set_defaults(func=_cmd_segment)
 
 
@@ -52,24 +61,41 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if args.image is not None or clicks or args.box is not None:
             raise ValueError("--prompts takes the images and prompts from the file; give no image, --point or --box")
         return _segment_batch(args)
-    if args.image is None:
-        raise ValueError("give an image (or --prompts FILE for a batch)")
+    if (args.series is not None or args.push) and args.dicomweb is None:
+        raise ValueError("--series and --push go with --dicomweb URL")
+    if args.dicomweb is not None and (args.image is not None or args.series is None):
+        raise ValueError("--dicomweb URL takes the image from the server: give --series UID and no image path")
+    if args.dicomweb is not None and not args.dicomweb.lower().startswith(("http://", "https://")):
+        raise ValueError(f"--dicomweb takes an http:// or https:// URL, got {args.dicomweb!r}")
+    if args.image is None and args.dicomweb is None:
+        raise ValueError("give an image (or --dicomweb URL --series UID, or --prompts FILE for a batch)")
     if not clicks and args.box is None:
         raise ValueError("give at least one --point i,j,k (or --box)")
     # Everything that can be checked without the model is checked before it loads (seconds to minutes).
-    read_header(args.image)  # a missing, unsupported or corrupt input
+    store = None
+    t0 = time.perf_counter()
+    if args.dicomweb is not None:
+        with one_line_errors():  # a PACS that is down fails here, before the model loads
+            store = open_from_args(args.dicomweb, args)
+            source = store.get_image(args.series)
+        shown = f"series {args.series} from {store.location}"
+    else:
+        read_header(args.image)  # a missing, unsupported or corrupt input
+        source, shown = args.image, args.image
     if args.output is not None:
-        check_output_path(args.output, args.image)
+        check_output_path(args.output, source)
+    read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     session = build_session(args)
     err.print(f"model ready in {time.perf_counter() - t0:.2f} s")
     t0 = time.perf_counter()
-    session.set_image(args.image)
+    session.set_image(source)
     vol = session.volume
-    out = Path(args.output) if args.output else default_output_path(vol)
+    # From a DICOMweb server the result goes to the datastore (and -o, when given).
+    out = Path(args.output) if args.output else None if store is not None else default_output_path(vol)
     err.print(
-        f"read {args.image}: shape {vol.shape}, spacing {tuple(round(s, 3) for s in vol.spacing)} mm "
-        f"({time.perf_counter() - t0:.2f} s)"
+        f"read {shown}: shape {vol.shape}, spacing {tuple(round(s, 3) for s in vol.spacing)} mm "
+        f"({read_s + time.perf_counter() - t0:.2f} s)"
     )
     mask = None
     if args.initial:
@@ -89,10 +115,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     assert mask is not None
     if not mask.any():
         err.print("[yellow]warning:[/] the mask is empty")
-    path = session.save(out)
     spacing = np.prod(vol.spacing)
+    if store is not None:
+        _save_to_datastore(store, args, session)
+    if out is None:
+        return 0
+    path = session.save(out)
     err.print(f"wrote {path}: {int(mask.sum())} voxels, {mask.sum() * spacing / 1000:.1f} mL")
     return 0
+
+
+def _save_to_datastore(store, args: argparse.Namespace, session) -> None:
+    """The result as the series' next final label version (earlier versions are kept), then, with
+    --push, its DICOM-SEG stored to the server; a failed push keeps the local version (one-line error)."""
+    with one_line_errors():
+        saved = store.save_label(
+            args.series, session.label_map, "final", force=True, reference=session.volume, push=args.push
+        )
+    err.print(f"saved final label v{saved.version} of series {args.series} to {saved.path}")
+    if saved.remote:
+        err.print(f"stored DICOM-SEG {saved.remote['seg_sop_instance_uid']} to {saved.remote['url']}")
 
 
 def _segment_batch(args: argparse.Namespace) -> int:

@@ -30,17 +30,23 @@ def _sitk_array(img: sitk.Image, dtype: DTypeLike | None) -> np.ndarray:
     return np.array(view, dtype=view.dtype if dtype is None else dtype, order="K", copy=True)
 
 
-def _itk_header(p: Path, fmt: str, files: tuple[Path, ...]) -> ImageHeader:
+def _reader(p: Path, fmt: str) -> sitk.ImageFileReader:
+    """A reader pinned to the ImageIO whose header :mod:`volsam.io.guards` parsed (not one ITK picks)."""
     reader = sitk.ImageFileReader()
+    reader.SetImageIO("NrrdImageIO" if fmt == "nrrd" else "MetaImageIO")
     reader.SetFileName(str(p))
+    return reader
+
+
+def _itk_header(p: Path, fmt: str, files: tuple[Path, ...]) -> ImageHeader:
+    reader = _reader(p, fmt)
     reader.ReadImageInformation()
     shape = tuple(int(s) for s in reader.GetSize())
     return ImageHeader(fmt, shape, int(reader.GetNumberOfComponents()), files)
 
 
 def _read_itk(p: Path, fmt: str, dtype: DTypeLike | None) -> Volume:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
+    reader = _reader(p, fmt)
     reader.ReadImageInformation()
     size = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() != 1:

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import DTypeLike
 
-from volsam.io.guards import _MAX_NIFTI_OFFSET
+from volsam.io.guards import _MAX_NIFTI_OFFSET, check_nifti_header
 from volsam.io.volume import ImageHeader, ImageReadError, Volume, _compact_intensities
 
 
@@ -17,21 +17,29 @@ def _cast(data: np.ndarray, dtype: DTypeLike | None) -> np.ndarray:
     return data if dtype is None else data.astype(dtype, copy=False)
 
 
+def _load(p: Path) -> nib.spatialimages.SpatialImage:
+    """nibabel's image of ``p``, after :func:`~volsam.io.guards.check_nifti_header` bounded what it reads."""
+    check_nifti_header(p)
+    return nib.load(p, mmap=False)
+
+
 def _nifti_header(p: Path) -> ImageHeader:
-    hdr = nib.load(p, mmap=False).header
+    hdr = _load(p).header
     shape = tuple(int(s) for s in hdr.get_data_shape())
     return ImageHeader("nifti", shape, len(hdr.get_data_dtype().fields or ()) or 1)
 
 
 def _read_nifti(p: Path, dtype: DTypeLike | None) -> Volume:
-    img = nib.load(p, mmap=False)
+    img = _load(p)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageReadError(f"expected a NIfTI image, got {type(img).__name__} in {p}")
-    # nibabel inflates a .nii.gz only up to vox_offset + the declared voxel bytes (which the budget
-    # bounds); a huge vox_offset would make it inflate and discard that much first.
-    if int(img.header.get_data_offset()) > _MAX_NIFTI_OFFSET:
+    # nibabel inflates a .nii.gz only up to the data offset + the declared voxel bytes (which the budget
+    # bounds); a huge offset would make it inflate and discard that much first. The offset it uses is the
+    # array proxy's: the image's header has vox_offset reset to 0.
+    offset = int(getattr(img.dataobj, "offset", 0))
+    if offset > _MAX_NIFTI_OFFSET:
         raise ImageReadError(
-            f"{p} puts its voxels {int(img.header.get_data_offset())} bytes in (vox_offset); "
+            f"{p} puts its voxels {offset} bytes in (vox_offset); "
             f"expected at most {_MAX_NIFTI_OFFSET >> 20} MiB of header extensions"
         )
     shape = tuple(int(s) for s in img.shape)

@@ -43,20 +43,23 @@ def read_header(path: str | os.PathLike[str], *, data_files: DataFilePolicy = "a
 
     The one header reader of volsam: :func:`read_image` checks its voxel budget with it, and ``volsam
     serve`` refuses detached data files with it. NRRD headers are parsed whole, up to their blank line
-    (or the end of an ``.nhdr``), MetaImage headers up to ``ElementDataFile``; a header longer than
-    :data:`MAX_HEADER_BYTES` is refused. ``data_files``: ``"allow"`` detached data files, ``"refuse"``
-    them, or a folder they must resolve inside (checked before any library opens them).
+    (or the end of an ``.nhdr``) with teem's line ends (CR, LF, CRLF), MetaImage headers up to
+    ``ElementDataFile`` (plain 'Key = value' lines only); ``LIST`` and ``%d`` patterns are expanded, as
+    :mod:`volsam.io.guards` describes; a header longer than :data:`MAX_HEADER_BYTES` is refused.
+    ``data_files``: ``"allow"`` detached data files, ``"refuse"`` them, or a folder they must resolve
+    inside (checked before any library opens them).
     Raises :class:`ImageReadError` (one line), :class:`DetachedDataError` for a refused data file.
     """
     p, fmt = _checked_path(path)
-    files = _data_files(p, fmt) if fmt in ("nrrd", "mha", "mhd") else ()
-    _check_data_files(p, files, data_files)
+    files = _data_files(p, fmt) if fmt in ("nrrd", "mha", "mhd") else None
+    if files is not None:
+        _check_data_files(p, files, data_files)
     with _library_errors(fmt, p):
         if fmt == "nifti":
             return _nifti_header(p)
         if fmt == "dicom":
             return _dicom_header(p)
-        return _itk_header(p, fmt, files)
+        return _itk_header(p, fmt, files.paths() if files is not None else ())
 
 
 def read_image(

@@ -32,7 +32,8 @@ class ImageHeader:
     ``shape`` is the full declared size (trailing singleton axes included; for DICOM, the first slice's
     size with the number of slices last), ``components`` the values per voxel, ``data_files`` the
     detached data files an NRRD (``data file:``) or MetaImage (``ElementDataFile``) header names, as
-    paths joined to the header's folder (not resolved); empty when the voxels follow the header inline.
+    paths joined to the header's folder (not resolved; every name the reader might take from an odd
+    header, so possibly more than it opens); empty when the voxels follow the header inline.
     """
 
     format: str

@@ -29,6 +29,10 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
 - ``DELETE /sessions/{id}``.
 - nnInteractive's remote protocol (``/claim``, ``/set_image``, ``/add_*_interaction``, ...; what the 3D Slicer
   and napari nnInteractive plugins speak), on the same sessions: see :mod:`volsam.serve.nninteractive`.
+- With a datastore (``volsam serve --datastore DIR|URL``): ``GET /datastore/images``, ``POST
+  /datastore/images/{image}/session``, ``GET /sessions/{id}/datastore``, ``POST /sessions/{id}/datastore/save``
+  and ``/resume``: pick an image from a folder or a PACS, continue from its saved label, save versions
+  (DICOMweb: and a DICOM-SEG to the PACS); see :mod:`volsam.serve.routes.datastore`.
 
 Errors: 400 bad prompt (e.g. a click outside the volume; the message says why), unreadable or empty image,
 an image declaring more than ``max_voxels`` voxels (refused from its header, before any voxel is read), or
@@ -37,10 +41,13 @@ an .mha/.nrrd whose header names a separate data file (uploads: always refused, 
 outside ``data_root`` or path-based creation without one; 404 unknown session or file; 409 a session
 already holding ``MAX_OBJECTS`` (255) objects; 410 expired session; 413 upload larger than
 ``max_upload_mb`` (counted while it streams in) or a JSON body over 64 KiB; 415 unsupported upload type;
-503 every session busy when a new one is needed (checked before the upload is read or decoded).
+503 with ``Retry-After`` when a new session or image does not fit (checked before the upload is read or
+decoded): ``max_sessions`` are live, or the memory budget ``max_memory`` would be exceeded, and no session
+may be evicted.
 
-Lifetime: a session idle for ``idle_timeout_s`` expires. When ``max_sessions`` are live, creating one evicts
-the least recently used session that is not running a request; clients of an expired or evicted session get
+Lifetime: a session idle for ``idle_timeout_s`` expires. When a new session or image needs room, the least
+recently used sessions idle for at least ``min_idle_s`` are evicted (never one running a request or
+receiving an image); clients of an expired or evicted session get
 410 ``session expired after N s idle`` (the ids of the last 4096 expired sessions are remembered; older
 ones give 404). Requests on one session are serialised by a per-session lock; different sessions run
 concurrently and share one model (loaded with the first session; no session outlives its DELETE or expiry).
@@ -50,19 +57,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
+from volsam.datastore import Datastore, open_datastore
 from volsam.io import DEFAULT_MAX_VOXELS
+from volsam.serve.budget import default_max_bytes
+from volsam.serve.errors import validation_error
 from volsam.serve.nninteractive import weights_licence
+from volsam.serve.routes import datastore as datastore_routes
 from volsam.serve.routes import exports, health, nninteractive, objects, prompts, sessions, viewer
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
-from volsam.serve.state import ModelLoader, ServerState
-from volsam.serve.store import SessionStore
+from volsam.serve.state import DEFAULT_MAX_PROMPT_VOXELS, ModelLoader, ServerState
+from volsam.serve.store import DEFAULT_MIN_IDLE_S, SessionStore
+from volsam.serve.uploads import DEFAULT_BODY_STALL_S, _BodyLimit
 from volsam.serve.uploads import MAX_JSON_BYTES as MAX_JSON_BYTES
 from volsam.serve.uploads import UPLOAD_SUFFIXES as UPLOAD_SUFFIXES
-from volsam.serve.uploads import _BodyLimit
 from volsam.session import Session
 
 LABEL_FORMATS = ("nii.gz", "nrrd", "mha")
@@ -79,6 +91,11 @@ def create_app(
     session_factory: Callable[[], Session] | None = None,
     device: str | None = None,
     max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    datastore: Datastore | str | Path | None = None,
+    max_prompt_voxels: int = DEFAULT_MAX_PROMPT_VOXELS,
+    min_idle_s: float = DEFAULT_MIN_IDLE_S,
+    max_memory: int | Literal["auto"] | None = "auto",
+    body_stall_s: float = DEFAULT_BODY_STALL_S,
 ) -> FastAPI:
     """Build the FastAPI app (see the module docstring for the API).
 
@@ -90,18 +107,37 @@ def create_app(
         session_factory: builds an empty Session (overrides ``model``/``device``; used by tests).
         max_voxels: largest image a session may hold, checked against the file's header before any voxel
             is read (:data:`volsam.io.DEFAULT_MAX_VOXELS`, 2^28: 1 GiB as float32); None: no limit.
+        datastore: images and labels to serve (:mod:`volsam.datastore`): a Datastore, or a folder or
+            DICOMweb URL for :func:`~volsam.datastore.open_datastore` (credentials from the environment);
+            None: no datastore routes answer (404).
+        max_prompt_voxels: most voxels a scribble or lasso may mark, and a lasso's box on its slice may hold
+            (:data:`volsam.serve.state.DEFAULT_MAX_PROMPT_VOXELS`, 2^20); refused with 400 beyond.
+        idle_timeout_s: a session idle this long expires (410 afterwards).
+        min_idle_s: a session may be evicted for a new one only once idle this long; never while in use.
+        max_memory: bytes all sessions together may hold, as :mod:`volsam.serve.budget` accounts them;
+            ``"auto"``: half the memory available at start; None: no budget. New work beyond it is evicted
+            for, or refused with 503 and Retry-After.
+        body_stall_s: a request body that sends no byte for this long gets 408 and its connection is
+            closed (the header timeout is uvicorn's side: :func:`volsam.serve.server.server_options`).
     """
     root = Path(data_root).expanduser() if data_root is not None else None
     if root is not None and not root.is_dir():
         raise ValueError(f"data root {root} is not a directory")
     state = ServerState(
-        store=SessionStore(max_sessions, idle_timeout_s),
+        store=SessionStore(
+            max_sessions,
+            idle_timeout_s,
+            min_idle_s=min_idle_s,
+            max_bytes=default_max_bytes() if max_memory == "auto" else max_memory,
+        ),
         new_session=ModelLoader(model, device, session_factory),
         data_root=root,
         upload_bytes=int(max_upload_mb * 2**20),
         max_voxels=max_voxels,
+        max_prompt_voxels=max_prompt_voxels,
         token=token,
         licence=weights_licence(model) if session_factory is None else "!!MISSING!!",
+        datastore=open_datastore(datastore) if isinstance(datastore, str | Path) else datastore,
     )
     app = FastAPI(
         title="volsam",
@@ -109,7 +145,8 @@ def create_app(
         description=__doc__ or "",
     )
     app.state.server, app.state.store = state, state.store  # routes read app.state.server (volsam.serve.state)
-    app.add_middleware(_BodyLimit, upload_bytes=state.upload_bytes)
+    app.add_middleware(_BodyLimit, upload_bytes=state.upload_bytes, stall_s=body_stall_s)
+    app.add_exception_handler(RequestValidationError, validation_error)
     # One line per router. The API's routers check the token; the viewer's page and scripts (no data in
     # them) do not, so a browser can load them and then send the token the user types with every API call.
     app.include_router(sessions.router)
@@ -117,6 +154,7 @@ def create_app(
     app.include_router(objects.router)
     app.include_router(exports.router)
     app.include_router(health.router)
+    app.include_router(datastore_routes.router)
     # nnInteractive's remote protocol (3D Slicer / napari plugins) over the same store, model, limits and token.
     app.include_router(nninteractive.public)
     app.include_router(nninteractive.router)

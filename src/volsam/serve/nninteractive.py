@@ -15,16 +15,17 @@ is the box of voxels that changed since the last answer (``X-Meta`` ``{"ran_pred
 that box of the 0/1 mask, packed), which the client writes into its target buffer.
 
 A lease is a volsam session of the same :class:`~volsam.serve.store.SessionStore` as the REST API: same
-model, size limits, token, idle expiry, LRU eviction and per-session lock. An expired or evicted lease
-answers 410 (the client raises ``SessionExpiredError``); 503 when every session is busy
-(``ServerAtCapacityError``); 400 for bad input, 413 for bodies over the upload limit or arrays over
-the voxel limit (checked from the header, before decoding).
+model, size limits, memory budget, token, idle expiry, eviction and per-session lock. An expired or evicted
+lease answers 410 (the client raises ``SessionExpiredError``); 503 with Retry-After when no session may
+make room (``ServerAtCapacityError``); 400 for bad input (a scribble or lasso marking more than the
+server's ``max_prompt_voxels``, a lasso off one slice), 413 for bodies over the upload limit or arrays over
+the voxel limit (checked from the header, before decoding). A packed body is read only after its lease
+token is found good, and the lease counts as in use (never evicted) while it arrives and decodes.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,16 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response
 
 from volsam.serve import wire
+from volsam.serve.uploads import parse_json
 from volsam.session import PROMPT_CHANNELS, Session
 
 META_HEADER = "X-Meta"
 LEASE_HEADER = "X-Lease-Token"
 BUFFER_DTYPES = frozenset({"bool", "uint8", "uint16", "int16", "int32", "float32"})
+MAX_SPACING_MM = 1e6
+"""Largest voxel spacing accepted (mm): a kilometre per voxel is no image; bigger ones overflow geometry."""
+MAX_COORDINATE = 2**31
+"""Largest voxel coordinate (absolute) a point or box may name; anything past it is outside every image."""
 PROTOCOL_VERSION = "2.6.0"
 """Reported as ``inference_session_version``: the nnInteractive session API (``nninteractive-client``
 2.6.0) these endpoints follow and are tested against; plugins compare it as a version number."""
@@ -83,7 +89,7 @@ def bad(detail: str) -> HTTPException:
 def flag(meta: dict[str, Any], key: str, default: bool) -> bool:
     v = meta.get(key, default)
     if not isinstance(v, bool):
-        raise bad(f"{key} must be true or false, got {v!r}")
+        raise bad(f"{key} must be true or false, got {shown(v)}")
     return v
 
 
@@ -114,10 +120,7 @@ def meta_of(request: Request) -> dict[str, Any]:
     raw = request.headers.get(META_HEADER)
     if raw is None:
         return {}
-    try:
-        meta = json.loads(raw)
-    except ValueError as e:
-        raise bad(f"{META_HEADER} must be a JSON object: {e}") from e
+    meta = parse_json(raw, f"{META_HEADER} to be a JSON object")
     if not isinstance(meta, dict):
         raise bad(f"{META_HEADER} must be a JSON object, got {type(meta).__name__}")
     return meta
@@ -127,10 +130,7 @@ def json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object ({} when empty); 400 when it is not one."""
     if not raw:
         return {}
-    try:
-        payload = json.loads(raw)
-    except ValueError as e:
-        raise bad(f"expected a JSON object body: {e}") from e
+    payload = parse_json(raw, "a JSON object body")
     if not isinstance(payload, dict):
         raise bad(f"expected a JSON object body, got {type(payload).__name__}")
     return payload
@@ -145,17 +145,31 @@ def spacing_of(meta: dict[str, Any]) -> list[float]:
     if (
         not isinstance(spacing, list | tuple)
         or len(spacing) != 3
-        or not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in spacing)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_SPACING_MM for v in spacing)
     ):
-        raise bad(f"image_properties.spacing must be 3 positive numbers (mm), got {spacing!r}")
+        raise bad(f"image_properties.spacing must be 3 positive numbers (mm, at most 1e6), got {shown(spacing)}")
     return [float(v) for v in spacing]
+
+
+def _coordinate(v: Any) -> bool:
+    """A number that is a voxel coordinate: finite, within ±2^31 (a huge JSON integer would overflow floats)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= MAX_COORDINATE
+
+
+def shown(v: Any) -> str:
+    """``v`` for an error message, at most 120 characters (a 400-digit integer is not worth echoing)."""
+    try:
+        text = repr(v)
+    except RecursionError:
+        return "a deeply nested value"
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def point_of(payload: dict[str, Any]) -> tuple[float, float, float]:
     """``coordinates`` of a point interaction: voxel [x, y, z]."""
     point = payload.get("coordinates")
-    if not isinstance(point, list) or len(point) != 3 or not all(isinstance(v, int | float) for v in point):
-        raise bad(f"coordinates must be 3 numbers [x, y, z], got {point!r}")
+    if not isinstance(point, list) or len(point) != 3 or not all(_coordinate(v) for v in point):
+        raise bad(f"coordinates must be 3 numbers [x, y, z] within ±2^31, got {shown(point)}")
     x, y, z = (float(v) for v in point)
     return x, y, z
 
@@ -167,13 +181,16 @@ def box_of(payload: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...
         isinstance(coords, list)
         and len(coords) == 3
         and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and _coordinate(v) for v in p)
             for p in coords
         )
         and all(p[1] > p[0] for p in coords)
     )
     if not ok:
-        raise bad(f"bbox_coords must be 3 half-open integer ranges [[x0, x1], [y0, y1], [z0, z1]], got {coords!r}")
+        raise bad(
+            f"bbox_coords must be 3 half-open integer ranges [[x0, x1], [y0, y1], [z0, z1]] within ±2^31, "
+            f"got {shown(coords)}"
+        )
     return tuple(float(p[0]) for p in coords), tuple(float(p[1] - 1) for p in coords)
 
 
@@ -184,6 +201,28 @@ def decode(raw: bytes, **kw: Any) -> np.ndarray:
     except ValueError as e:
         msg = one_line(e)
         raise HTTPException(413 if "over the limit" in msg else 400, msg) from e
+
+
+def marked_voxels(marks: np.ndarray, kind: str, limit: int) -> np.ndarray:
+    """The voxels (N, 3) where ``marks`` (an image-shaped scribble or lasso) is non-zero; 400 when there is
+    none, or more than ``limit``. Counted first (no allocation), so the voxel list, and all the work after
+    it, is proportional to what the prompt marks: a full-volume mask is refused before it costs anything."""
+    n = int(np.count_nonzero(marks))
+    if n == 0:
+        raise bad(f"the {kind} image holds no voxel")
+    if n > limit:
+        raise bad(f"a {kind} may mark at most {limit} voxels, this one marks {n}")
+    return np.argwhere(marks)
+
+
+def check_lasso(voxels: np.ndarray, limit: int) -> None:
+    """400 unless a lasso's voxels (N, 3) lie on one slice, in a box of at most ``limit`` voxels (its
+    clicks come from a distance transform over that box)."""
+    extent = voxels.max(axis=0) - voxels.min(axis=0) + 1
+    if (extent > 1).all():
+        raise bad(f"a lasso must lie on one slice, this one spans {extent.tolist()} voxels")
+    if int(np.prod(extent)) > limit:
+        raise bad(f"a lasso's bounding box may hold at most {limit} voxels, this one holds {int(np.prod(extent))}")
 
 
 def ready(s: Session, lease: LeaseState) -> tuple[int, int, int]:

@@ -7,13 +7,20 @@ from pydantic import BaseModel, Field
 __all__ = [
     "BoxRequest",
     "ClickRequest",
+    "DatastoreImage",
+    "DatastoreImages",
+    "DatastoreSession",
     "LassoRequest",
     "ObjectEntry",
     "ObjectList",
+    "OpenRequest",
     "PaintRequest",
     "PathRequest",
     "PromptResult",
+    "SaveRequest",
+    "SaveResult",
     "ScribbleRequest",
+    "SessionBinding",
     "SessionInfo",
     "SessionState",
 ]
@@ -93,3 +100,49 @@ class ObjectEntry(BaseModel):
 class ObjectList(BaseModel):
     current: int = Field(description="label of the current object")
     objects: list[ObjectEntry]
+
+
+# ----------------------------------------------------------------------------- datastore (routes/datastore.py)
+
+
+class DatastoreImage(BaseModel):
+    id: str = Field(description="local: file name without extension; DICOMweb: SeriesInstanceUID")
+    name: str
+    status: str = Field(description="none | original | final (a person's label exists)")
+    labels: dict[str, int] = Field(description="latest saved version per kind, e.g. {'original': 1, 'final': 3}")
+    meta: dict = Field(description="backend details (local: path; DICOMweb: study UID, modality, instances, SEGs)")
+
+
+class DatastoreImages(BaseModel):
+    location: str = Field(description="the datastore's folder or DICOMweb URL (no credentials)")
+    backend: str = Field(description="local | dicomweb")
+    images: list[DatastoreImage]
+
+
+class OpenRequest(BaseModel):
+    restore: bool = Field(True, description="start from the latest saved final label (its objects as initial masks)")
+
+
+class DatastoreSession(SessionInfo):
+    image_id: str
+    version: int | None = Field(description="the final label version the session started from (null: none)")
+    objects: int
+
+
+class SaveRequest(BaseModel):
+    kind: str = Field("final", pattern="^(final|original)$", description="final (a person's) or original (model's)")
+    force: bool = Field(False, description="save even when someone saved a newer version since (kept, not replaced)")
+
+
+class SaveResult(BaseModel):
+    image_id: str
+    kind: str
+    version: int
+    pushed: bool = Field(description="DICOMweb: the DICOM-SEG reached the PACS; local: false")
+    remote: dict[str, str] = Field(description="DICOMweb: seg_series_instance_uid, seg_sop_instance_uid, url")
+
+
+class SessionBinding(BaseModel):
+    image_id: str
+    version: int | None = Field(description="the final version this session's next save builds on")
+    latest: dict[str, int] = Field(description="latest saved version per kind now")

@@ -17,7 +17,35 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from volsam.serve.store import SessionStore
 from volsam.session import Session
 
-__all__ = ["ModelLoader", "ServerState", "State", "check_token", "server_state"]
+__all__ = ["ModelLoader", "ServerState", "State", "check_token", "server_state", "token_from"]
+
+TOKEN_ENV = "VOLSAM_TOKEN"
+DEFAULT_MAX_PROMPT_VOXELS = 1 << 20
+"""Most voxels a scribble or lasso may mark (and a lasso's bounding box on its slice may hold): 1 Mi, a
+whole 1024 x 1024 slice; what a prompt costs grows with it, so it is refused beyond, before the work."""
+
+
+def token_from(token: str | None, token_file: str | Path | None, environ: Any = None) -> str | None:
+    """The server's bearer token: ``token_file``'s text (surrounding whitespace dropped), else ``token``,
+    else the environment's ``VOLSAM_TOKEN``; None when none is set. ValueError (one line) for both
+    ``token`` and ``token_file``, or an empty file; OSError for an unreadable one."""
+    import os
+
+    if token_file is not None:
+        if token is not None:
+            raise ValueError("give --token or --token-file, not both")
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"token file {path} is not UTF-8 text") from e
+        if not text or "\n" in text:
+            raise ValueError(
+                f"token file {path} must hold the token on one line, got {'nothing' if not text else 'several lines'}"
+            )
+        return text
+    env = os.environ if environ is None else environ
+    return token or env.get(TOKEN_ENV) or None
 
 
 class ModelLoader:
@@ -52,11 +80,16 @@ class ServerState:
     data_root: Path | None
     upload_bytes: int  # largest upload or packed-array body
     max_voxels: int | None  # largest image a session may hold; None: no limit
+    max_prompt_voxels: int = DEFAULT_MAX_PROMPT_VOXELS  # most voxels a scribble or lasso may mark
     token: str | None = None
     licence: str = "!!MISSING!!"  # of the served weights, for the nnInteractive protocol's /capabilities
     # nnInteractive protocol state beside each lease's Session (volsam.serve.nninteractive._Lease).
     leases: weakref.WeakKeyDictionary[Session, Any] = field(default_factory=weakref.WeakKeyDictionary)
     capabilities: dict[str, Any] = field(default_factory=dict)  # of the model, filled on first ask
+    # volsam serve --datastore (volsam.datastore.Datastore; None: no datastore routes) and, beside each
+    # session opened from it, its image and label version (volsam.serve.routes.datastore.Binding).
+    datastore: Any = None
+    datastore_bindings: weakref.WeakKeyDictionary[Session, Any] = field(default_factory=weakref.WeakKeyDictionary)
 
     @property
     def upload_mb(self) -> float:

@@ -3,18 +3,33 @@ the data root (:func:`resolve_under`) and the request-body cap (:class:`_BodyLim
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
-__all__ = ["MAX_JSON_BYTES", "UPLOAD_SUFFIXES", "resolve_under"]
+__all__ = ["MAX_JSON_BYTES", "UPLOAD_SUFFIXES", "parse_json", "resolve_under"]
 
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _CHUNK = 1 << 20
 #: Largest JSON (or other non-upload) request body; a click or path is ~100 bytes.
 MAX_JSON_BYTES = 64 << 10
+DEFAULT_BODY_STALL_S = 30.0
+"""Seconds a request body may go without a byte before the request gets 408 and its connection closes."""
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """``raw`` parsed as JSON, or HTTP 400 naming ``what`` was expected: malformed, or nested deeper than
+    Python's recursion limit (``json`` raises RecursionError there, which would otherwise be a 500)."""
+    try:
+        return json.loads(raw)
+    except RecursionError as e:
+        raise HTTPException(400, f"expected {what}: JSON nested too deeply") from e
+    except ValueError as e:  # also bytes that are not UTF-8, and integers past Python's 4300-digit limit
+        raise HTTPException(400, f"expected {what}: {' '.join(str(e).split())}") from e
 
 
 def _upload_suffix(filename: str) -> str:
@@ -61,11 +76,13 @@ def resolve_under(root: Path | None, relative: str) -> Path:
 class _BodyLimit:
     """ASGI middleware: 413 once a request body passes its cap, counted as it streams in (a chunked upload
     has no Content-Length to check first). Multipart uploads get ``upload_bytes`` (plus 1 MiB of part
-    headers), every other body :data:`MAX_JSON_BYTES`."""
+    headers), every other body :data:`MAX_JSON_BYTES`. A body that stalls (no bytes for ``stall_s``
+    seconds) gets 408 and its connection is closed (``Connection: close``)."""
 
-    def __init__(self, app: Any, upload_bytes: int) -> None:
+    def __init__(self, app: Any, upload_bytes: int, stall_s: float = DEFAULT_BODY_STALL_S) -> None:
         self.app = app
         self.upload_bytes = upload_bytes
+        self.stall_s = stall_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -80,13 +97,20 @@ class _BodyLimit:
         if length.isdigit() and int(length) > limit:
             await JSONResponse({"detail": what}, status_code=413)(scope, receive, send)
             return
-        seen = 0
+        seen, done = 0, False
 
         async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:  # the body is in: what follows is the wait for a disconnect, which has no limit
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.stall_s)
+            except asyncio.TimeoutError:  # not the builtin on Python 3.10
+                stalled = f"request body stalled: no bytes for {self.stall_s:g} s"
+                raise HTTPException(408, stalled, headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > limit:
                     raise HTTPException(413, what)
             return message

@@ -51,6 +51,27 @@ def pack(array: np.ndarray, level: int = 3) -> bytes:
     return b"".join(parts)
 
 
+def peek(buf: bytes) -> tuple[int, int]:
+    """(elements, bytes per element) an NNIA message declares, read from its header alone, so the memory
+    its decoding will take can be accounted first. ``ValueError`` (one line) for a malformed header."""
+    if len(buf) < 8:
+        raise ValueError("packed array too short (expected an NNIA message)")
+    magic, _, _, nd, name_len = struct.unpack_from("<4sBBBB", buf, 0)
+    if magic != MAGIC or nd > _MAX_NDIM:
+        raise ValueError("not an NNIA packed array (bad magic or dimensions)")
+    try:
+        name = bytes(buf[8 : 8 + name_len]).decode("ascii")
+        dims = struct.unpack_from(f"<{nd}q", buf, 8 + name_len)
+    except (struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"truncated NNIA header: {e}") from e
+    if name not in NUMERIC_DTYPES:
+        raise ValueError(f"array dtype {name!r} not accepted; expected one of {', '.join(sorted(NUMERIC_DTYPES))}")
+    count = 1
+    for d in dims:
+        count *= max(d, 0)
+    return count, np.dtype(name).itemsize
+
+
 def unpack(
     buf: bytes,
     *,

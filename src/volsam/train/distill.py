@@ -196,6 +196,9 @@ class FeatureDistillTask:
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": self._params, "lr": self.cfg.enc_lr, "name": "encoder"}]
 
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.model] if self.projections is None else [self.model, self.projections]
+
     def train_mode(self) -> None:
         self.model.train()
         self.teacher.eval()

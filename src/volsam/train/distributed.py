@@ -1,15 +1,24 @@
 """torch.distributed helpers of the training loop: rank and world size, process-group set-up from torchrun's
-environment, the device of this rank, and the mean of gradients and logged values over ranks."""
+environment, the device of this rank, the per-micro-batch loss under ``DistributedDataParallel`` and the mean
+of logged values over ranks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["dist_info", "init_distributed_from_env", "resolve_device"]
+if TYPE_CHECKING:
+    from volsam.train.tasks import Task
+
+__all__ = ["data_parallel_loss", "dist_info", "init_distributed_from_env", "resolve_device"]
+
+LossFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, dict[str, float]]]
+"""A task's loss on one micro-batch: (batch, step) -> (loss to backpropagate, logged values)."""
 
 
 def dist_info() -> tuple[int, int]:
@@ -43,19 +52,45 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _average_gradients(params: Sequence[nn.Parameter], world: int) -> None:
-    """All-reduce (mean) the gradients that exist, in one flat buffer."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if world <= 1 or not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
+class _TaskStep(nn.Module):
+    """What DDP wraps: the modules that hold a task's trained parameters, with the task's loss on one
+    micro-batch as ``forward``, so that every use of those parameters runs inside DDP's forward."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(task.trained_modules())
+        self.task = task  # not a Module: not registered, so DDP sees only the parts' parameters
+
+    def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(batch, step)
+
+
+def data_parallel_loss(task: Task, device: torch.device) -> LossFn:
+    """``task.loss``, in a process group wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`.
+
+    DDP broadcasts rank 0's parameters and buffers once, here, then averages the trained parameters'
+    gradients over ranks during ``backward()`` (bucketed, overlapping the backward pass); gradient
+    accumulation over micro-batches stays correct without ``no_sync`` (each all-reduce adds the same
+    mean to every rank). The task's modules themselves are not changed, so checkpoints saved from
+    ``task.model`` keep their keys. Without a process group (one process) this is ``task.loss``.
+    """
+    _, world = dist_info()
+    if world <= 1:
+        return task.loss
+    step = _TaskStep(task)
+    owned = {id(p) for p in step.parameters()}
+    if any(id(p) not in owned for g in task.param_groups() for p in g["params"]):  # would train unaveraged
+        raise ValueError(f"{type(task).__name__}.trained_modules() misses parameters that param_groups() trains")
+    return DistributedDataParallel(
+        step,
+        device_ids=[device] if device.type == "cuda" else None,
+        # Needed: interactive training never gives the SAM family's IoU head (the losses ignore the IoU
+        # prediction) or its no-mask embedding (every round passes a mask prompt) a gradient.
+        find_unused_parameters=True,
+        # Buffers are constants (the prompt encoder's Fourier matrix, a Memorizing-SAM memory): the
+        # broadcast at construction suffices; re-sending a memory's keys every step would not.
+        broadcast_buffers=False,
+    )
 
 
 def _mean_over_ranks(values: list[float], world: int, device: torch.device) -> list[float]:

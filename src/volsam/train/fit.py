@@ -4,9 +4,10 @@ phase of a training.
 Optimisation: AdamW with two parameter groups (image encoder at ``encoder_lr``, the rest at ``lr``),
 gradient accumulation, bf16 autocast on CUDA only (fp32 on CPU, where bf16 is ~100x slower), optional
 gradient clipping. The global batch is ``batch_size * accum * world_size``; with ``torchrun`` each rank
-takes its share of every global batch (:class:`volsam.train.sampler.StepSampler`) and gradients are
-averaged over ranks before each optimizer step, so N processes give the result of one process with the
-same global batch. Every random draw (data, clicks, mask-only rounds) is a function of the seed and the
+takes its share of every global batch (:class:`volsam.train.sampler.StepSampler`) and
+``DistributedDataParallel`` averages the gradients over ranks during the backward pass
+(:func:`volsam.train.distributed.data_parallel_loss`), so N processes give the result of one process with
+the same global batch. Every random draw (data, clicks, mask-only rounds) is a function of the seed and the
 sample index or step, so a resumed run repeats the losses of an uninterrupted one exactly.
 """
 
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from volsam.checkpoint import save_checkpoint
 from volsam.train.config import TrainConfig
 from volsam.train.data import TrainDataset
-from volsam.train.distributed import _average_gradients, _mean_over_ranks, dist_info
+from volsam.train.distributed import _mean_over_ranks, data_parallel_loss, dist_info
 from volsam.train.log import TrainLog
 from volsam.train.sampler import StepSampler, make_loader
 from volsam.train.state import rng_state, set_rng_state
@@ -97,9 +98,7 @@ def fit(
         task.load_state(resume.get("task_state", {}))
         set_rng_state(resume["rng_state"])
         start = int(resume["step"])
-    elif world > 1:
-        for p in task.model.state_dict().values():
-            dist.broadcast(p, 0)
+    loss_of = data_parallel_loss(task, device)  # under torchrun: DDP, which starts every rank from rank 0's weights
     result = FitResult(start, start)
     if start >= phase.steps:
         return result
@@ -121,10 +120,9 @@ def fit(
             vals = np.zeros(3)
             for _ in range(cfg.accum):
                 batch = next(batches)
-                loss, info = task.loss(batch, step)
-                (loss / cfg.accum).backward()
+                loss, info = loss_of(batch, step)
+                (loss / cfg.accum).backward()  # under DDP this also averages the gradients over ranks
                 vals += [float(loss.detach()), info.get("loss_first", math.nan), info.get("loss_last", math.nan)]
-            _average_gradients(params, world)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from volsam.modeling import PromptableModel
 from volsam.prompts import first_click, simulate_click
@@ -221,6 +222,10 @@ class Task(Protocol):
 
     def param_groups(self) -> list[dict[str, Any]]: ...
 
+    def trained_modules(self) -> list[nn.Module]:
+        """The modules that hold every parameter of :meth:`param_groups` (what DDP wraps under torchrun)."""
+        ...
+
     def train_mode(self) -> None: ...
 
     def loss(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -269,6 +274,9 @@ class InteractiveTask:
         if enc:
             groups.append({"params": enc, "lr": self.cfg.enc_lr, "name": "encoder"})
         return groups
+
+    def trained_modules(self) -> list[nn.Module]:
+        return [self.model]
 
     def train_mode(self) -> None:
         self.model.train()

@@ -5,8 +5,8 @@ A lease is a session of the server's :class:`~volsam.serve.store.SessionStore`, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import Annotated, Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from volsam.serve import wire
+from volsam.serve.budget import image_bytes, load_bytes, session_bytes
 from volsam.serve.nninteractive import (
     BUFFER_DTYPES,
     LEASE_HEADER,
@@ -23,17 +24,21 @@ from volsam.serve.nninteractive import (
     bad,
     box_of,
     capabilities_of,
+    check_lasso,
     decode,
     flag,
     json_object,
+    marked_voxels,
     meta_of,
     nothing,
     one_line,
     point_of,
     ready,
+    shown,
     spacing_of,
 )
 from volsam.serve.state import ServerState, State, check_token
+from volsam.serve.wire import peek
 from volsam.session import Session
 
 public = APIRouter(tags=["nnInteractive protocol"])
@@ -61,23 +66,54 @@ def leased(srv: ServerState, token: str | None) -> Iterator[tuple[Session, Lease
         raise
 
 
+@contextmanager
+def lease_busy(srv: ServerState, token: str | None) -> Iterator[None]:
+    """Mark the lease in use (never evicted) while its body arrives and decodes: checked, 410 for a
+    missing, unknown or expired lease, before a byte of the body is read."""
+    if not token:
+        raise HTTPException(410, f"lease token missing ({LEASE_HEADER}); POST /claim first")
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(srv.store.busy(token))
+        except HTTPException as e:
+            if e.status_code == 404:
+                raise HTTPException(410, "lease expired or unknown; claim a new one") from e
+            raise
+        yield
+
+
 def _voxel_budget(srv: ServerState) -> int:
     return srv.max_voxels if srv.max_voxels is not None else 1 << 62  # None: no limit
 
 
+def _declared_length(request: Request, srv: ServerState) -> int:
+    """Bytes the body will hold: its Content-Length, or the upload limit when it is chunked; 413 over it."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        if int(length) > srv.upload_bytes:
+            raise HTTPException(413, f"request body larger than the limit of {srv.upload_mb:g} MB")
+        return int(length)
+    return srv.upload_bytes
+
+
 async def read_body(request: Request, srv: ServerState) -> bytes:
     """The request body, 413 as soon as it passes the upload limit (declared or streamed)."""
-    too_big = HTTPException(413, f"request body larger than the limit of {srv.upload_mb:g} MB")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > srv.upload_bytes:
-        raise too_big
+    _declared_length(request, srv)
     parts, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > srv.upload_bytes:
-            raise too_big
+            raise HTTPException(413, f"request body larger than the limit of {srv.upload_mb:g} MB")
         parts.append(chunk)
     return b"".join(parts)
+
+
+@asynccontextmanager
+async def packed_body(request: Request, srv: ServerState, token: str | None) -> AsyncIterator[bytes]:
+    """A packed-array body, read only once the lease is known good, with the lease marked in use and the
+    body's bytes held in the memory budget (503 when they do not fit) until the block ends."""
+    with lease_busy(srv, token), srv.store.reserved(_declared_length(request, srv)):
+        yield await read_body(request, srv)
 
 
 async def _json_of(request: Request, srv: ServerState) -> dict[str, Any]:
@@ -110,7 +146,7 @@ def capabilities(srv: State) -> dict[str, Any]:
 @router.post("/claim")
 def claim(srv: State) -> dict[str, Any]:
     """A new lease (a volsam session; the least recently used idle one is evicted when full)."""
-    sid = srv.store.add(srv.new_session())
+    sid = srv.store.add(srv.new_session(), session_bytes(0))
     return {
         "lease_token": sid,
         "idle_timeout_seconds": float(srv.store.idle_timeout_s),
@@ -141,24 +177,32 @@ def lease_status(srv: State, token: Token = None) -> dict[str, Any]:
     return {"remaining_seconds": _idle_left(srv, token), "idle_timeout_seconds": float(srv.store.idle_timeout_s)}
 
 
-def _set_image(srv: ServerState, token: str | None, raw: bytes, spacing: list[float]) -> dict[str, Any]:
-    image = decode(raw, max_elements=_voxel_budget(srv), ndim=4, dtypes=wire.NUMERIC_DTYPES - {"bool"})
-    if image.shape[0] != 1 or min(image.shape[1:]) < 1:
-        raise bad(f"expected an image [1, x, y, z] (one channel), got shape {list(image.shape)}")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise bad("the image holds NaN or infinite values")
-    with leased(srv, token) as (s, lease):
-        s.set_image(np.asarray(image[0], dtype=np.float32), np.diag([*spacing, 1.0]))
-        lease.image_shape, lease.sent, lease.pending = tuple(image.shape), None, False
-        return {"original_image_shape": list(image.shape)}
+def _set_image(srv: ServerState, token: str, raw: bytes, spacing: list[float]) -> dict[str, Any]:
+    try:
+        voxels, itemsize = peek(raw)
+    except ValueError:
+        voxels, itemsize = 0, 0  # decode() below says what is wrong with it
+    need = load_bytes(voxels, itemsize) + image_bytes(voxels) if voxels <= _voxel_budget(srv) else 0
+    with srv.store.reserved(need) as room:  # before decoding; the old image stays until the new one is set
+        image = decode(raw, max_elements=_voxel_budget(srv), ndim=4, dtypes=wire.NUMERIC_DTYPES - {"bool"})
+        if image.shape[0] != 1 or min(image.shape[1:]) < 1:
+            raise bad(f"expected an image [1, x, y, z] (one channel), got shape {list(image.shape)}")
+        # Slab by slab: a whole-volume isfinite would allocate a bool per voxel.
+        if image.dtype.kind == "f" and not all(np.isfinite(slab).all() for slab in image[0]):
+            raise bad("the image holds NaN or infinite values")
+        with leased(srv, token) as (s, lease):
+            s.set_image(np.asarray(image[0], dtype=np.float32), np.diag([*spacing, 1.0]))
+            lease.image_shape, lease.sent, lease.pending = tuple(image.shape), None, False
+            srv.store.charge(token, session_bytes(voxels), room)
+            return {"original_image_shape": list(image.shape)}
 
 
 @router.post("/set_image")
 async def set_image(request: Request, srv: State, token: Token = None) -> dict[str, Any]:
     """The image as a packed 4D array [c, x, y, z] (one channel) with ``image_properties.spacing``."""
     spacing = spacing_of(meta_of(request))
-    raw = await read_body(request, srv)
-    return await run_in_threadpool(_set_image, srv, token, raw, spacing)
+    async with packed_body(request, srv, token) as raw:
+        return await run_in_threadpool(_set_image, srv, str(token), raw, spacing)
 
 
 def _set_target_buffer(srv: ServerState, token: str | None, shape: Any) -> dict[str, Any]:
@@ -166,7 +210,7 @@ def _set_target_buffer(srv: ServerState, token: str | None, shape: Any) -> dict[
         if lease.image_shape is None:
             raise bad("call set_image before set_target_buffer")
         if shape != list(lease.image_shape[1:]):
-            raise bad(f"target buffer shape must be the image's {list(lease.image_shape[1:])}, got {shape!r}")
+            raise bad(f"target buffer shape must be the image's {list(lease.image_shape[1:])}, got {shown(shape)}")
         lease.sent, lease.pending = np.zeros(s.volume.shape, dtype=np.uint8), False
         return {}
 
@@ -176,8 +220,8 @@ async def set_target_buffer(request: Request, srv: State, token: Token = None) -
     """Shape (the image's x, y, z) and dtype of the client's mask buffer; it starts empty."""
     payload = await _json_of(request, srv)
     shape, dtype = payload.get("shape"), payload.get("dtype")
-    if dtype not in BUFFER_DTYPES:
-        raise bad(f"target buffer dtype must be one of {', '.join(sorted(BUFFER_DTYPES))}, got {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in BUFFER_DTYPES:
+        raise bad(f"target buffer dtype must be one of {', '.join(sorted(BUFFER_DTYPES))}, got {shown(dtype)}")
     return await run_in_threadpool(_set_target_buffer, srv, token, shape)
 
 
@@ -238,21 +282,22 @@ async def add_bbox(request: Request, srv: State, token: Token = None) -> Respons
 def _add_mask(srv: ServerState, token: str | None, raw: bytes, kind: str, positive: bool, run: bool) -> Response:
     with leased(srv, token) as (s, lease):
         shape = ready(s, lease)
-        mask = decode(raw, max_elements=_voxel_budget(srv), shape=shape) != 0
-        if not mask.any():
-            raise bad(f"the {kind} image holds no voxel")
+        marks = decode(raw, max_elements=_voxel_budget(srv), shape=shape)
+        voxels = marked_voxels(marks, kind, srv.max_prompt_voxels)
         if kind == "scribble":
-            s.add_scribble(np.argwhere(mask), positive=positive)
+            del marks  # the image-sized array is no longer needed
+            s.add_scribble(voxels, positive=positive)
         else:
-            s.add_lasso(mask, positive=positive)
+            check_lasso(voxels, srv.max_prompt_voxels)
+            s.add_lasso(marks, positive=positive)
         return answer(s, lease, run)
 
 
 async def _mask_interaction(request: Request, srv: ServerState, token: str | None, kind: str) -> Response:
     meta = meta_of(request)
     positive, run_prediction = flag(meta, "include_interaction", True), flag(meta, "run_prediction", True)
-    raw = await read_body(request, srv)
-    return await run_in_threadpool(_add_mask, srv, token, raw, kind, positive, run_prediction)
+    async with packed_body(request, srv, token) as raw:
+        return await run_in_threadpool(_add_mask, srv, token, raw, kind, positive, run_prediction)
 
 
 @router.post("/add_scribble_interaction")
@@ -282,8 +327,8 @@ async def add_initial_seg(request: Request, srv: State, token: Token = None) -> 
     """An existing segmentation to edit (packed, image-shaped, non-zero = object); it replaces the
     interactions so far and stays the mask until prompts refine it. The client already holds it."""
     flag(meta_of(request), "run_prediction", False)  # validated; volsam has no prompt-free refinement to run
-    raw = await read_body(request, srv)
-    return await run_in_threadpool(_add_initial_seg, srv, token, raw)
+    async with packed_body(request, srv, token) as raw:
+        return await run_in_threadpool(_add_initial_seg, srv, token, raw)
 
 
 @router.post("/undo")

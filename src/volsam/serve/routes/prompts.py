@@ -37,6 +37,19 @@ def _result(session: Session, mask: Any, t0: float) -> PromptResult:
     )
 
 
+def _check_lasso_area(polygon: np.ndarray, shape: tuple[int, ...], axis: int, limit: int) -> None:
+    """400 when the polygon's bounding box, clipped to the slice, holds more than ``limit`` voxels: filling
+    it costs in proportion to that box (a non-finite polygon is left to the session, which refuses it)."""
+    if not np.isfinite(polygon).all():
+        return
+    plane = np.asarray([n for a, n in enumerate(shape) if a != axis])
+    lo = np.clip(np.floor(polygon.min(axis=0)), 0, plane - 1)
+    hi = np.clip(np.ceil(polygon.max(axis=0)), 0, plane - 1)
+    area = int(np.prod(hi - lo + 1))
+    if area > limit:
+        raise HTTPException(400, f"a lasso's bounding box may hold at most {limit} voxels, this one holds {area}")
+
+
 @router.post("/sessions/{sid}/clicks", response_model=PromptResult)
 def add_click(sid: str, req: ClickRequest, srv: State) -> PromptResult:
     """Add a positive or negative click to the current object."""
@@ -66,7 +79,9 @@ def add_lasso(sid: str, req: LassoRequest, srv: State) -> PromptResult:
     """Add a positive or negative lasso (a closed polygon on one slice) to the current object."""
     with prompting(srv, sid) as s:
         t0 = time.perf_counter()
-        mask = s.add_lasso(np.asarray(req.polygon), axis=req.axis, index=req.index, positive=req.positive)
+        polygon = np.asarray(req.polygon, dtype=np.float64)
+        _check_lasso_area(polygon, s.volume.shape, req.axis, srv.max_prompt_voxels)
+        mask = s.add_lasso(polygon, axis=req.axis, index=req.index, positive=req.positive)
         return _result(s, mask, t0)
 
 

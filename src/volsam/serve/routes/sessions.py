@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from volsam.io import ImageReadError, Volume, read_image
+from volsam.io import ImageReadError, Volume, read_header, read_image
+from volsam.serve.budget import load_bytes, session_bytes
 from volsam.serve.schemas import PathRequest, SessionInfo, SessionState
 from volsam.serve.state import ServerState, State, check_token
-from volsam.serve.uploads import _CHUNK, _upload_suffix, resolve_under
+from volsam.serve.uploads import _CHUNK, _upload_suffix, parse_json, resolve_under
 
 router = APIRouter(dependencies=[Depends(check_token)])
 
@@ -44,14 +45,18 @@ def info(sid: str, vol: Volume) -> dict[str, Any]:
 def open_session(srv: ServerState, path: Path, shown: str, data_files: Literal["refuse"] | Path) -> tuple[str, Volume]:
     """Read ``path`` (named ``shown`` in errors) into a new session; detached data files as
     :func:`volsam.io.read_header`'s ``data_files`` says."""
-    srv.store.check_room()  # before decoding: a full server should not pay for the image
     try:
-        vol = read_image(path, max_voxels=srv.max_voxels, data_files=data_files)
+        header = read_header(path, data_files=data_files)
+        voxels = header.voxels * header.components
+        within = srv.max_voxels is None or voxels <= srv.max_voxels  # else read_image refuses it from the header
+        # Room for the decoding and the session, held before any voxel is read: a full server does not pay.
+        with srv.store.reserved(load_bytes(voxels) + session_bytes(voxels) if within else 0, slot=True) as room:
+            vol = read_image(path, max_voxels=srv.max_voxels, data_files=data_files)
+            session = srv.new_session()
+            session.set_image(vol)
+            return srv.store.add(session, session_bytes(voxels), room), vol
     except ImageReadError as e:
         raise HTTPException(400, " ".join(str(e).replace(str(path), shown).split())) from e
-    session = srv.new_session()
-    session.set_image(vol)
-    return srv.store.add(session), vol
 
 
 def _from_upload(srv: ServerState, src: Any, filename: str) -> tuple[str, Volume]:
@@ -85,10 +90,11 @@ async def _from_multipart(srv: ServerState, request: Request) -> tuple[str, Volu
 
 
 async def _from_path(srv: ServerState, request: Request) -> tuple[str, Volume]:
+    what = 'JSON {"path": "relative/path.nii.gz"}'
     try:
-        req = PathRequest.model_validate(await request.json())
+        req = PathRequest.model_validate(parse_json(await request.body(), what))
     except ValueError as e:
-        raise HTTPException(400, f'expected JSON {{"path": "relative/path.nii.gz"}}: {e}') from e
+        raise HTTPException(400, f"expected {what}: {e}") from e
     path = resolve_under(srv.data_root, req.path)
     assert srv.data_root is not None  # resolve_under refuses without one
     return await run_in_threadpool(open_session, srv, path, req.path, srv.data_root)
