@@ -590,7 +590,7 @@ async function openSession(info, { name = "image", reattach = false } = {}) {
 
 async function reattach() {
   const id = sessionStorage.getItem("volsam.session");
-  if (!id) return false;
+  if (!id) { setStatus("Open an image or the demo volume."); return false; }
   try {
     const info = await (await api(`sessions/${id}`)).json();
     await openSession(info, { reattach: true });
@@ -602,9 +602,14 @@ async function reattach() {
   }
 }
 
-async function guarded(what, fn) {
-  setStatus(`${what}...`);
-  try { await fn(); } catch (err) { setStatus(`${what}: ${err.message || err}`, true); }
+let opening = Promise.resolve(); // sessions open one after another (a Demo click during a reattach waits)
+
+function guarded(what, fn) {
+  opening = opening.then(async () => {
+    setStatus(`${what}...`);
+    try { await fn(); } catch (err) { setStatus(`${what}: ${err.message || err}`, true); }
+  });
+  return opening;
 }
 
 // ---------------------------------------------------------------- controls
@@ -743,7 +748,7 @@ nv.attachToCanvas(canvas).then(async () => {
     await guarded(`opening ${path}`, async () =>
       openSession(await (await send("POST", "sessions", { path })).json(), { name: path.split("/").pop() }));
   } else {
-    await reattach();
+    await guarded("reattaching", reattach);
   }
   document.body.dataset.ready = "1";
 });
