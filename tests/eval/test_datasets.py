@@ -220,3 +220,47 @@ def test_colin27_aal(mricron_dir: Path):
     assert [t.name for t in sub.targets] == ["Precentral_L", "Thalamus_R", "Brain"]
     with pytest.raises(ValueError, match="Thalamus_L"):
         load_dataset("colin27-aal", ["thalamus"])
+
+
+def test_union_target(tmp_path: Path):
+    lab = np.zeros((6, 6, 6), dtype=np.uint8)
+    lab[:2], lab[2:4], lab[4:] = 1, 2, 3
+    case = datasets.Case("c", tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")
+    m = datasets.load_target_mask(case, datasets.Target(1000, "u", values=(1, 3)), lab)
+    assert m.sum() == 4 * 36 and not m[2:4].any()
+
+
+def test_large_targets(mricron_dir: Path):
+    (case,) = load_dataset("large-targets")
+    assert [t.name for t in case.targets] == list(datasets.LARGE_DEFAULT_TARGETS)
+    assert validate_case(case) is None
+    lab = np.asarray(nib.load(str(case.label)).dataobj)
+    sizes = {t.name: int(datasets.load_target_mask(case, t, lab).sum()) for t in case.targets}
+    # 1 mm voxels: a brain of 1-2 L, hemispheres about half of it, lobes and cerebellum over 0.1 L
+    assert 1_000_000 < sizes["Brain"] < 2_000_000
+    assert 0.3 < sizes["Cerebrum_L"] / sizes["Brain"] < 0.5
+    assert min(sizes.values()) > 100_000
+    left = datasets.load_target_mask(case, case.targets[1], lab)
+    assert np.argwhere(left)[:, 0].mean() < 90  # AAL's odd values: the left side (x < 0 mm, voxel < 90)
+    (sub,) = load_dataset("large-targets", ["occipital_r"])
+    assert [t.name for t in sub.targets] == ["Occipital_R"]
+    with pytest.raises(ValueError, match="Cerebellum"):
+        load_dataset("large-targets", ["Thalamus_L"])
+
+
+def test_colin27_thick(mricron_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("VOLSAM_CACHE", str(tmp_path))
+    (case,) = load_dataset("colin27-aal-thick")
+    assert [t.name for t in case.targets] == list(datasets.COLIN27_HELD_OUT)
+    assert validate_case(case) is None
+    img = nib.load(str(case.image))
+    assert img.shape == (181, 217, 30)
+    assert np.allclose(img.header.get_zooms()[:3], (1.0, 1.0, 6.0))
+    # the thick grid's voxel centres sit at the middle of their 6 mm slabs: world z of slab 0 is -71 + 2.5
+    assert np.isclose(img.affine[2, 3], -71.0 + 2.5)
+    lab = np.asarray(nib.load(str(case.label)).dataobj)
+    thal = datasets.load_target_mask(case, case.targets[0], lab)
+    assert 800 < thal.sum() < 1700  # ~7.5 cm3 of thalamus in 6 mm3 voxels
+    mtime = case.image.stat().st_mtime
+    load_dataset("colin27-aal-thick")
+    assert case.image.stat().st_mtime == mtime  # written once, then reused

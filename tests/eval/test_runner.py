@@ -255,3 +255,32 @@ def test_encoder_attention_on_an_onnx_export_is_refused(dataset: Path, tmp_path:
     (export_dir / "export.json").write_text("{}")
     with pytest.raises(ValueError, match="ONNX export has its attention fixed at export time"):
         evaluate(dataset, export_dir, "sam_med3d", 1, tmp_path / "r", attention_backend="dilated", progress=False)
+
+
+@pytest.mark.parametrize("protocol", ["sam_med3d", "cvpr25"])
+def test_baselines_replay_the_prompts_on_a_zero_image(dataset: Path, tmp_path: Path, protocol: str):
+    s = evaluate(
+        dataset, None, protocol, CLICKS, tmp_path, session_factory=OracleSession, progress=False, baselines=True
+    )
+    for r in s.results:
+        gt = r.steps[0]
+        assert gt.zero_dice is not None and gt.sphere_dice is not None
+        # the oracle on an all-zero image returns the whole grid: Dice 2|T| / (|T| + N), far below 1
+        assert all(st.zero_dice < 0.3 for st in r.steps)
+        # a ball of the target's volume at a voxel inside the target overlaps it, but not exactly
+        assert 0.1 < gt.sphere_dice < 1.0
+        assert len({st.sphere_dice for st in r.steps}) == 1
+    assert s.overall["dice"] == [1.0] * len(s.steps)
+    assert len(s.overall["zero_dice"]) == len(s.steps)
+    md = (tmp_path / "summary.md").read_text()
+    assert "baseline: zero image" in md and "baseline: sphere" in md
+    header = (tmp_path / "per_click.csv").read_text().splitlines()[0]
+    assert header.endswith("zero_dice,sphere_dice")
+
+
+def test_sphere_mask_has_the_volume_asked_for():
+    from volsam.eval.interaction import sphere_mask
+
+    ball = sphere_mask((40, 40, 20), (20, 20, 10), 4000.0, (1.0, 1.0, 2.0))
+    assert abs(ball.sum() * 2.0 - 4000.0) / 4000.0 < 0.1
+    assert ball[20, 20, 10] and not ball[0, 0, 0]

@@ -52,3 +52,25 @@ def test_rotation_keeps_target_volume_roughly():
     _, out = augment_batch(img, tgt, torch.Generator().manual_seed(1), cfg)
     v0, v1 = tgt[:, 0].sum().item(), out[:, 0].sum().item()
     assert 0.7 * v0 < v1 < 1.3 * v0
+
+
+def test_thick_slices_blur_one_axis_only():
+    from volsam.train.augment import thick_slices
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(6, 1, 32, 32, 32, generator=g)
+    spacing = torch.tensor([1.5, 1.5, 1.5, 1.5, 1.5, 6.0])
+    out = thick_slices(image, spacing, torch.Generator().manual_seed(1), prob=1.0)
+    assert out.shape == image.shape
+    assert torch.equal(out[5], image[5])  # 6 mm windows: a 3-7 mm slab is at most ~1 voxel, unchanged
+    for j in range(5):
+        diff = (out[j] - image[j]).abs()
+        assert diff.mean() > 0.1
+        # white noise averaged over slabs along one axis: that axis's neighbours become alike, the others not
+        corr = []
+        for a in range(3):
+            v = out[j].movedim(a + 1, 0)
+            corr.append(torch.corrcoef(torch.stack([v[:-1].flatten(), v[1:].flatten()]))[0, 1])
+        assert sum(c > 0.5 for c in corr) == 1 and sum(c < 0.2 for c in corr) == 2
+    none = thick_slices(image, spacing, torch.Generator().manual_seed(1), prob=0.0)
+    assert torch.equal(none, image)

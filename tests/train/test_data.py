@@ -174,3 +174,25 @@ def test_training_step_with_extra_targets(toy_data, tmp_path):
     data = TrainDataset.from_dataset(toy_data, extra_targets=1)
     res = train(build_model("fastsam3d_mini"), data, tmp_path, TrainConfig(steps=1, rounds=2), model_name="x")
     assert len(res.losses) == 1 and np.isfinite(res.losses[0])
+
+
+def test_multi_scale_windows_draw_spacings_the_target_fills(toy_data: Path):
+    # toy targets: a sphere of radius 11-13 voxels of 3 mm (~170-310 cm3) and a 16x14x18 cube (~109 cm3)
+    ds = TrainDataset.from_dataset(toy_data, seed=2, size=32, margin=4, spacings=(6.0, 1.5, 3.0, 24.0))
+    assert ds.spacings == (1.5, 3.0, 6.0, 24.0)
+    for e in ds.entries:
+        # at 24 mm a 100-300 cm3 target covers < 64 window voxels (24^3 mm3 = 13.8 cm3 a voxel): never drawn
+        assert ds.spacing_choices(e) == (1.5, 3.0, 6.0)
+    seen = set()
+    for i in range(12):
+        s = ds[i]
+        assert s["spacing"] in (1.5, 3.0, 6.0)
+        assert s["target"].any()  # the target is in view at every spacing
+        seen.add(s["spacing"])
+        if s["spacing"] == 6.0:  # a 192 mm field: the whole target fits with room around it
+            assert s["target"].mean() < 0.2
+    assert seen == {1.5, 3.0, 6.0}
+    plain = TrainDataset.from_dataset(toy_data, seed=2, size=32, margin=4)
+    assert plain[0]["spacing"] == 1.5 and plain.spacing_choices(plain.entries[0]) == (1.5,)
+    tiny = TrainDataset.from_dataset(toy_data, seed=2, size=32, margin=4, spacings=(24.0, 48.0))
+    assert tiny.spacing_choices(tiny.entries[0]) == (24.0,)  # none fits: the finest

@@ -128,3 +128,38 @@ def test_shapes_cases_values_and_determinism():
         present = set(np.unique(c.label).tolist())
         assert set(c.labels.values()) <= present
         assert present - set(c.labels.values()) <= {open_data.TISSUE_BASE + k for k in (1, 2, 3)}
+
+
+def test_large_cases_brain_halves_and_whole_head(tmp_path, monkeypatch):
+    stem = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    aff[:3, 3] = (-20.0, -20.0, -20.0)  # world x = 2 i - 20: the mid-sagittal plane between i = 9 and 10
+    i, j, k = np.ogrid[:20, :20, :20]
+    ball = (i - 9.5) ** 2 + (j - 10) ** 2 + (k - 10) ** 2 <= 49
+    gm = np.where(ball, 0.6, 0.0).astype(np.float32)
+    wm = np.zeros_like(gm)
+    wm[9:11, 9:11, 9:11] = 0.7  # deep white matter: the brain has no hole
+    gm[9:11, 9:11, 9:11] = 0.0
+    gm[0, 0, 0] = 0.9  # a speck apart from the brain: not the largest component
+    for name, arr in (("t1", gm + 2 * wm), ("gm", gm), ("wm", wm)):
+        nib.save(nib.Nifti1Image(arr, aff), tmp_path / stem.format(name))
+    _write_inv3(tmp_path / "head.inv3", _phantom_ct())
+    monkeypatch.setattr(open_data, "LARGE_SHAPES_VOLUMES", 1)
+    monkeypatch.setattr(open_data, "_large_shapes", lambda i, seed, base: open_data.shapes_cases(1, size=24)[0])
+    cases = open_data.large_cases(tmp_path, tmp_path / "head.inv3")
+    brain, halves, head = cases[:3]
+    assert brain.labels == {"MNI152_brain": 63001}
+    b = brain.label == 63001
+    np.testing.assert_array_equal(b, ball)  # speck dropped, deep white matter included
+    assert (halves.label == 63002).sum() + (halves.label == 63003).sum() == b.sum()
+    assert (halves.label[:10] == 63003).sum() == 0 and (halves.label[10:] == 63002).sum() == 0  # left = x < 0
+    assert head.labels == {"CT_whole_head": 63004}
+    np.testing.assert_array_equal(head.label == 63004, ct_head_labels(_phantom_ct()) > 0)
+    assert all(v >= 60000 for c in cases for v in c.labels.values())  # never drawn for validation
+
+
+def test_large_shapes_are_large():
+    case = open_data._large_shapes(0, 0, open_data.LARGE_BASE + 100)
+    assert case.image.spacing == (2.5, 2.5, 2.5)
+    sizes = [(case.label == v).sum() * 2.5**3 / 1e3 for v in case.labels.values()]
+    assert sizes and max(sizes) > 100  # cm3: organ-sized

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="nnU-Net raw folder, images/+labels/ folder, CSV, colin27-aal, or a folder of CVPR 2025 challenge .npz",
+        help="nnU-Net raw folder, images/+labels/ folder, CSV, a built-in (colin27-aal, large-targets, "
+        "colin27-aal-thick), or a folder of CVPR 2025 challenge .npz",
     )
     p.add_argument(
         "--protocol",
@@ -33,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the simulated clicks (default 0)")
     p.add_argument("--window-metrics", action="store_true", help="also Dice inside the 128^3 window (SAM-Med3D)")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also Dice of two baselines at every step: the model on an all-zero image with the same prompts, "
+        "and a sphere of the target's volume at the first prompt",
+    )
     p.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), help="intensity clip, e.g. -1000 1000 for CT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(p)
@@ -69,6 +76,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         memory=args.memory,
         attention_backend=args.encoder_attention,
         random_weights=args.random_weights,
+        baselines=args.baselines,
     )
     print(summary.markdown(), end="")
     for case, why in summary.skipped:

@@ -35,7 +35,8 @@ def _aggregate(results: Sequence[TargetResult], cfg: _Config) -> dict[str, Any]:
     if not results:
         return agg
     n_steps = len(results[0].steps)
-    for key in ("dice", "nsd", "hd95") + (("window_dice",) if cfg.window_metrics else ()):
+    keys = ("dice", "nsd", "hd95") + (("window_dice",) if cfg.window_metrics else ())
+    for key in keys + (("zero_dice", "sphere_dice") if cfg.baselines else ()):
         agg[key] = [
             _mean([getattr(r.steps[s], key) for r in results], finite_only=key == "hd95") for s in range(n_steps)
         ]

@@ -9,7 +9,10 @@
   or ``images/NAME_0000.ext``;
 - a CSV file with header ``image,label`` (optional ``name`` column); relative paths are resolved against
   the CSV's folder;
-- a built-in name from :data:`BUILTIN_DATASETS` (``"colin27-aal"``);
+- a built-in name from :data:`BUILTIN_DATASETS`: ``"colin27-aal"`` (AAL regions and the brain of the
+  Colin27 1 mm T1), ``"large-targets"`` (whole brain, cerebral hemispheres, cerebellum and lobes of
+  Colin27, 0.1-1.5 L: :data:`LARGE_TARGETS`) and ``"colin27-aal-thick"`` (``colin27-aal`` with 6 mm
+  slices: :func:`thick_colin27`, written once into :func:`volsam.hub.cache_dir`);
 - a folder of CVPR 2025 challenge cases ``NAME.npz`` (``imgs``, ``spacing``, ``gts``, optional ``boxes``:
   :mod:`volsam.challenge`): image, label and boxes in one file, so ``Case.image`` and ``Case.label`` are
   the same ``.npz``.
@@ -45,12 +48,16 @@ from scipy import ndimage
 __all__ = [
     "BUILTIN_DATASETS",
     "COLIN27_DEFAULT_TARGETS",
+    "COLIN27_HELD_OUT",
+    "LARGE_DEFAULT_TARGETS",
+    "LARGE_TARGETS",
     "MRICRON_TEMPLATES",
     "Case",
     "Target",
     "load_dataset",
     "load_target_mask",
     "resolve_targets",
+    "thick_colin27",
     "validate_case",
 ]
 
@@ -72,6 +79,9 @@ COLIN27_DEFAULT_TARGETS: tuple[str, ...] = (
 )
 """Targets of ``colin27-aal`` when no subset is asked for (AAL names; ``Brain`` from ``ch2bet``)."""
 
+COLIN27_HELD_OUT: tuple[str, ...] = COLIN27_DEFAULT_TARGETS[:8]
+"""The held-out structures the default model's figures are measured on (never a training target)."""
+
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".mgz")
 _AFFINE_ATOL_MM = 1e-3  # image and label affines must agree to this (absolute, mm)
 
@@ -86,6 +96,8 @@ class Target:
         label_path: label file for this target; None = the case's ``label``.
         threshold: when set, the mask is ``data > threshold`` instead of ``data == value``.
         largest_component: keep only the largest 26-connected component of the mask.
+        values: when set, the mask is the union ``data in values`` (a lobe from its atlas parcels);
+            ``value`` is then only an identifier.
     """
 
     value: int
@@ -93,6 +105,7 @@ class Target:
     label_path: Path | None = None
     threshold: float | None = None
     largest_component: bool = False
+    values: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +181,12 @@ def load_target_mask(case: Case, target: Target, label: np.ndarray | None = None
         data = _read_array(target.label_path)
     else:
         data = _read_array(case.label) if label is None else np.asarray(label)
-    mask = data > target.threshold if target.threshold is not None else data == target.value
+    if target.threshold is not None:
+        mask = data > target.threshold
+    elif target.values is not None:
+        mask = np.isin(data, target.values)
+    else:
+        mask = data == target.value
     return _largest_component(mask) if target.largest_component else mask
 
 
@@ -234,7 +252,11 @@ def validate_case(case: Case) -> str | None:
         label = _read_array(case.label)
         if not case.targets:
             return None if label.any() else "label has no foreground"
-        if any(load_target_mask(case, t, label).any() for t in case.targets):
+        # value targets: one pass over the label instead of one per target (a dataset.json lists many)
+        plain = [t for t in case.targets if t.label_path is None and t.threshold is None and t.values is None]
+        if plain and np.isin(np.asarray([t.value for t in plain]), np.unique(label)).any():
+            return None
+        if any(load_target_mask(case, t, label).any() for t in case.targets if t not in plain):
             return None
     except Exception as e:
         return f"label unreadable: {e}"
@@ -256,7 +278,7 @@ def _select(
         return tuple(default)
     by_name = {t.name: t for t in available}
     by_fold = {t.name.casefold(): t for t in available}
-    by_value = {t.value: t for t in available if t.label_path is None}
+    by_value = {t.value: t for t in available if t.label_path is None and t.values is None}
     out: dict[str, Target] = {}
     for lab in labels:
         t = None
@@ -267,7 +289,9 @@ def _select(
             if t is None and lab.strip().isdigit():
                 t = by_value.get(int(lab))
         if t is None:
-            valid = ", ".join(f"{t.name} ({t.value})" if t.label_path is None else t.name for t in available)
+            valid = ", ".join(
+                f"{t.name} ({t.value})" if t.label_path is None and t.values is None else t.name for t in available
+            )
             raise ValueError(f"unknown label {lab!r} for {where}; valid names (values): {valid}")
         out[t.name] = t
     return tuple(out.values())
@@ -394,16 +418,21 @@ def _aal_names(path: Path) -> list[Target]:
     return out
 
 
-def _load_colin27_aal(labels: Sequence[str | int] | None) -> list[Case]:
-    """Colin27 (ch2) 1 mm T1 MRI with AAL regions and the whole brain (``ch2bet > 0``, largest component)."""
+def _colin27_files(name: str) -> dict[str, Path]:
     root = MRICRON_TEMPLATES
     files = {k: root / k for k in ("ch2.nii.gz", "aal.nii.gz", "aal.nii.txt", "ch2bet.nii.gz")}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"dataset 'colin27-aal' needs Debian's mricron-data (missing: {', '.join(missing)}); "
+            f"dataset {name!r} needs Debian's mricron-data (missing: {', '.join(missing)}); "
             "install it with: apt-get install mricron-data"
         )
+    return files
+
+
+def _load_colin27_aal(labels: Sequence[str | int] | None) -> list[Case]:
+    """Colin27 (ch2) 1 mm T1 MRI with AAL regions and the whole brain (``ch2bet > 0``, largest component)."""
+    files = _colin27_files("colin27-aal")
     brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
     available = [*_aal_names(files["aal.nii.txt"]), brain]
     by_name = {t.name: t for t in available}
@@ -412,8 +441,112 @@ def _load_colin27_aal(labels: Sequence[str | int] | None) -> list[Case]:
     return [Case("colin27", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
 
 
+def _aal_side(first: int, last: int, side: str) -> tuple[int, ...]:
+    """AAL values first..last of one side (odd = left, even = right in AAL's numbering)."""
+    return tuple(v for v in range(first, last + 1) if v % 2 == (1 if side == "L" else 0))
+
+
+LARGE_TARGETS: dict[str, tuple[int, ...]] = {
+    "Cerebrum_L": _aal_side(1, 90, "L"),
+    "Cerebrum_R": _aal_side(1, 90, "R"),
+    "Cerebellum": tuple(range(91, 117)),
+    "Frontal_L": _aal_side(1, 28, "L"),
+    "Frontal_R": _aal_side(1, 28, "R"),
+    "Temporal_L": _aal_side(79, 90, "L"),
+    "Temporal_R": _aal_side(79, 90, "R"),
+    "Parietal_L": _aal_side(57, 70, "L"),
+    "Parietal_R": _aal_side(57, 70, "R"),
+    "Occipital_L": _aal_side(43, 54, "L"),
+    "Occipital_R": _aal_side(43, 54, "R"),
+}
+"""AAL unions of ``large-targets`` (besides ``Brain``, ``ch2bet > 0``): the cerebral hemispheres (AAL 1-90
+of one side), the cerebellum with the vermis (91-116) and the frontal (1-28), parietal (57-70), occipital
+(43-54) and temporal (79-90) lobes of each side. Colin27's large structures: no training source of the
+default model has them as targets (:mod:`volsam.train.open_data` trains on other images' large targets)."""
+
+LARGE_DEFAULT_TARGETS: tuple[str, ...] = (
+    "Brain", "Cerebrum_L", "Cerebrum_R", "Cerebellum", "Frontal_L", "Frontal_R", "Temporal_L", "Temporal_R",
+)
+"""Targets of ``large-targets`` when no subset is asked for (0.1-1.5 L)."""
+
+
+def _load_large_targets(labels: Sequence[str | int] | None) -> list[Case]:
+    """Colin27's whole brain, hemispheres, cerebellum and lobes (:data:`LARGE_TARGETS`)."""
+    files = _colin27_files("large-targets")
+    brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
+    unions = [Target(1000 + i, name, values=vals) for i, (name, vals) in enumerate(LARGE_TARGETS.items())]
+    available = [brain, *unions]
+    by_name = {t.name: t for t in available}
+    targets = _select(labels, available, [by_name[n] for n in LARGE_DEFAULT_TARGETS], "large-targets")
+    return [Case("colin27_large", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
+
+
+THICK_MM = 6.0
+"""Slice thickness of ``colin27-aal-thick``, mm (the issue's thick-slice MR)."""
+
+
+def thick_colin27(out_dir: Path, thickness_mm: float = THICK_MM) -> dict[str, Path]:
+    """Colin27 with slices ``thickness_mm`` thick along its third (inferior-superior) axis: written once.
+
+    The image is the mean of each block of ``round(thickness_mm)`` 1 mm slices (a box slice profile, as a
+    thick acquired slice integrates its slab); the AAL labels and the brain mask take, per voxel, the
+    value most of the block's slices hold (ties: the lowest value). The block's centre is the new voxel
+    centre, so the grid stays aligned in world coordinates. Files ``ch2.nii.gz``, ``aal.nii.gz``,
+    ``ch2bet.nii.gz`` (and ``aal.nii.txt`` copied) under ``out_dir``, written atomically; existing files
+    are reused.
+    """
+    files = _colin27_files("colin27-aal-thick")
+    out = {k: out_dir / k for k in files}
+    if all(p.is_file() for p in out.values()):
+        return out
+    from volsam.io import Volume, read_image, write_image, write_mask
+
+    k = round(thickness_mm)
+    img = read_image(files["ch2.nii.gz"])
+    n = img.shape[2] // k
+    affine = np.array(img.affine, dtype=np.float64)
+    # new voxel j covers old slices k*j .. k*j + k - 1; its centre is old index k*j + (k - 1) / 2
+    affine[:3, 3] = affine[:3, 3] + affine[:3, 2] * (k - 1) / 2.0
+    affine[:3, 2] = affine[:3, 2] * k
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a)[:, :, : n * k].reshape(a.shape[0], a.shape[1], n, k)
+
+    def mode(a: np.ndarray) -> np.ndarray:
+        b = blocks(a).astype(np.int64)
+        values = np.unique(b)
+        counts = np.stack([(b == v).sum(axis=3) for v in values])  # [V, X, Y, n]
+        return values[np.argmax(counts, axis=0)]
+
+    ref = Volume(blocks(img.array).mean(axis=3).astype(np.float32), affine)
+    write_image(ref, out["ch2.nii.gz"])
+    write_mask(mode(read_image(files["aal.nii.gz"], dtype=None).array).astype(np.uint8), ref, out["aal.nii.gz"])
+    brain = np.asarray(read_image(files["ch2bet.nii.gz"]).array) > 0
+    write_mask(mode(brain).astype(np.uint8), ref, out["ch2bet.nii.gz"])
+    from volsam.atomic import atomic_path
+
+    with atomic_path(out["aal.nii.txt"]) as tmp:
+        tmp.write_bytes(files["aal.nii.txt"].read_bytes())
+    return out
+
+
+def _load_colin27_thick(labels: Sequence[str | int] | None) -> list[Case]:
+    """``colin27-aal`` at 6 mm slices (:func:`thick_colin27`); default targets the held-out structures."""
+    from volsam.hub import cache_dir
+
+    files = thick_colin27(cache_dir() / "datasets" / "colin27-aal-thick")
+    brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
+    available = [*_aal_names(files["aal.nii.txt"]), brain]
+    by_name = {t.name: t for t in available}
+    default = [by_name[n] for n in COLIN27_HELD_OUT if n in by_name]
+    targets = _select(labels, available, default, "colin27-aal-thick")
+    return [Case("colin27_thick", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
+
+
 _BUILTINS: dict[str, Callable[[Sequence[str | int] | None], list[Case]]] = {
     "colin27-aal": _load_colin27_aal,
+    "large-targets": _load_large_targets,
+    "colin27-aal-thick": _load_colin27_thick,
 }
 
 BUILTIN_DATASETS: tuple[str, ...] = tuple(_BUILTINS)
@@ -425,9 +558,11 @@ def load_dataset(spec: str | Path, labels: Sequence[str | int] | None = None) ->
 
     Args:
         spec: a built-in name, an nnU-Net raw folder, an ``images/`` + ``labels/`` folder or a CSV file.
-        labels: targets to keep, by name or label value (in this order); None = all (for ``colin27-aal``,
-            :data:`COLIN27_DEFAULT_TARGETS`; any AAL region or ``Brain`` may be asked for). Datasets
-            without label names take values or ``label_<value>``.
+
+        labels: targets to keep, by name or label value (in this order); None = all (built-ins: their
+            default targets, :data:`COLIN27_DEFAULT_TARGETS`, :data:`LARGE_DEFAULT_TARGETS`,
+            :data:`COLIN27_HELD_OUT` for the thick set; any AAL region or ``Brain`` may be asked for).
+            Datasets without label names take values or ``label_<value>``.
 
     Returns:
         Cases sorted by label file name (one case for ``colin27-aal``). Cases whose files are missing or

@@ -24,7 +24,7 @@ from volsam.io import Volume, read_image
 from volsam.prompts import cvpr25_box, first_click, simulate_click
 from volsam.transforms import Window, extract_window
 
-__all__ = ["SessionFactory", "SessionLike", "target_rng", "target_view"]
+__all__ = ["SessionFactory", "SessionLike", "sphere_mask", "target_rng", "target_view"]
 
 
 class SessionLike(Protocol):
@@ -52,6 +52,7 @@ class _Config:
     seed: int
     nsd_tolerance_mm: float
     window_metrics: bool
+    baselines: bool = False
 
 
 def target_rng(seed: int, case: str, target: Target) -> np.random.Generator:
@@ -170,12 +171,53 @@ def _run_target(
     return records, np.asarray(pred)
 
 
+def sphere_mask(
+    shape: Sequence[int], centre: Sequence[float], volume_mm3: float, spacing: Sequence[float]
+) -> np.ndarray:
+    """Ball of ``volume_mm3`` centred on voxel ``centre`` of a grid with ``spacing`` mm: bool ``shape``."""
+    r = (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    ijk = np.ogrid[tuple(slice(0, int(n)) for n in shape)]
+    d2 = sum(((a - c) * sp) ** 2 for a, c, sp in zip(ijk, centre, spacing, strict=True))
+    return np.asarray(d2 <= r * r)
+
+
+def _with_baselines(
+    records: list[StepRecord], zero: SessionLike, gt: np.ndarray, spacing: Sequence[float]
+) -> list[StepRecord]:
+    """``records`` with the two baselines filled in: the same prompts replayed on ``zero`` (a Session whose
+    image is all zeros) and a ball of the target's volume at the first prompt."""
+    zero.reset()
+    first = next((r for r in records if r.kind != "none"), None)
+    if first is None:
+        return records
+    v = first.voxel
+    centre = [(v[a] + v[a + 3]) / 2.0 for a in range(3)] if first.kind == "box" else list(v)
+    d_ball = dice(sphere_mask(gt.shape, centre, float(gt.sum()) * float(np.prod(spacing)), spacing), gt)
+    d_zero = 0.0
+    out: list[StepRecord] = []
+    for r in records:
+        if r.kind == "box":
+            pred = zero.add_box(tuple(float(x) for x in r.voxel[:3]), tuple(float(x) for x in r.voxel[3:]))
+            d_zero = dice(pred, gt)
+        elif r.kind in ("positive", "negative"):
+            pred = zero.add_click(tuple(float(x) for x in r.voxel), positive=r.kind == "positive")
+            d_zero = dice(pred, gt)
+        out.append(replace(r, zero_dice=d_zero, sphere_dice=d_ball))
+    return out
+
+
 def _run_case(
-    session: SessionLike, index: int, case: Case, cfg: _Config, tick: Callable[[float], None] | None = None
+    session: SessionLike,
+    index: int,
+    case: Case,
+    cfg: _Config,
+    tick: Callable[[float], None] | None = None,
+    zero: SessionLike | None = None,
 ) -> CaseResult:
     """Evaluate every target of one case with one image set (embeddings cached across targets).
 
     ``tick(fraction)`` is called after each target with its share of the case (for progress bars).
+    ``zero``: a second session for the zero-image baseline (``cfg.baselines``).
     """
     t_case = time.perf_counter()
     out = CaseResult(index, case.name)
@@ -198,6 +240,10 @@ def _run_case(
         out.skipped = reason
         return out
     session.set_image(vol)
+    if cfg.baselines:
+        if zero is None:
+            raise ValueError("baselines need a second session for the zero image")
+        zero.set_image(Volume(np.zeros(vol.shape, np.float32), vol.affine))
     for ti, target in enumerate(targets):
         gt = load_target_mask(case, target, label)
         if not gt.any():
@@ -206,6 +252,9 @@ def _run_case(
         gt = np.ascontiguousarray(gt, dtype=bool)
         box = "simulate" if boxes is None else boxes.get(target.value, "skip")
         records, pred = _run_target(session, vol, gt, case.name, target, cfg, box)
+        if cfg.baselines:
+            assert zero is not None
+            records = _with_baselines(records, zero, gt, vol.spacing)
         out.encode_ms += sum(r.encode_ms for r in records)
         view = target_view(case.name, target.name, vol, gt, pred, records[-1].dice)
         out.targets.append(TargetResult(index, ti, case.name, target, records, view))

@@ -83,6 +83,10 @@ class StepRecord:
         dice, nsd: in [0, 1], on the original grid. hd95: mm (inf when the prediction is empty).
         click_ms: wall time of the Session call (encoding included). encode_ms: encoding within it.
         window_dice: Dice inside the first 128^3 window (``window_metrics``), else None.
+        zero_dice: baseline (``baselines``): Dice of the model's mask on an all-zero image of the same grid
+            given the same prompts so far, else None.
+        sphere_dice: baseline (``baselines``): Dice of a ball of the target's volume centred on the first
+            prompt (the click, or the box's centre), the same at every step, else None.
     """
 
     case: str
@@ -97,6 +101,8 @@ class StepRecord:
     click_ms: float
     encode_ms: float
     window_dice: float | None = None
+    zero_dice: float | None = None
+    sphere_dice: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,8 +224,9 @@ def _json_safe(obj: Any) -> Any:
 
 def _write_csv(summary: Summary, f: IO[str]) -> None:
     window = summary.config["grid"] != "original"
+    base = bool(summary.config.get("baselines"))
     w = csv.writer(f)
-    w.writerow((*CSV_COLUMNS, "window_dice") if window else CSV_COLUMNS)
+    w.writerow((*CSV_COLUMNS, *(("window_dice",) if window else ()), *(("zero_dice", "sphere_dice") if base else ())))
     for r in summary.records:
         row = [
             r.case,
@@ -236,6 +243,8 @@ def _write_csv(summary: Summary, f: IO[str]) -> None:
         ]
         if window:
             row.append(_num(r.window_dice))
+        if base:
+            row += [_num(r.zero_dice), _num(r.sphere_dice)]
         w.writerow(row)
 
 
@@ -343,6 +352,15 @@ def markdown(summary: Summary) -> str:
         if "window_dice" in ov:
             lines.append(
                 f"| **mean Dice (128³ window)** | {ov['n']} | " + " | ".join(_fmt(v) for v in ov["window_dice"]) + " |"
+            )
+        if "zero_dice" in ov:
+            lines.append(
+                f"| *baseline: zero image, same prompts* | {ov['n']} | "
+                + " | ".join(_fmt(v) for v in ov["zero_dice"]) + " |"
+            )
+            lines.append(
+                f"| *baseline: sphere of the target's volume at the first prompt* | {ov['n']} | "
+                + " | ".join(_fmt(v) for v in ov["sphere_dice"]) + " |"
             )
         if c["protocol"] == "cvpr25":
             keys = ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")

@@ -152,13 +152,14 @@ def _model_label(model: Any) -> str:
 _WORKER: dict[str, Any] = {}  # the Session of this worker process, set by _init_worker
 
 
-def _init_worker(factory: SessionFactory, threads: int) -> None:
+def _init_worker(factory: SessionFactory, threads: int, baselines: bool = False) -> None:
     torch.set_num_threads(threads)
     _WORKER["session"] = factory()
+    _WORKER["zero"] = factory() if baselines else None
 
 
 def _worker_case(index: int, case: Case, cfg: _Config) -> CaseResult:
-    return _run_case(_WORKER["session"], index, case, cfg)
+    return _run_case(_WORKER["session"], index, case, cfg, zero=_WORKER["zero"])
 
 
 def _cores() -> int:
@@ -198,6 +199,7 @@ def evaluate(
     memory: str | Path | None = None,
     attention_backend: str | None = None,
     random_weights: bool = False,
+    baselines: bool = False,
 ) -> Summary:
     """Run a simulated-click protocol over a dataset and write the reports (see the module docstring).
 
@@ -223,6 +225,9 @@ def evaluate(
         memory: Memorizing-SAM memory file attached to the model (:func:`volsam.memory.use_memory`).
         attention_backend: ``"dense"`` or ``"dilated"`` encoder attention (same weights); None: the model's.
         random_weights: a registered name builds random weights (tests, benchmarks) instead of being refused.
+        baselines: also score two baselines at every step (``StepRecord.zero_dice``, ``sphere_dice``): the
+            same prompts on an all-zero image of the same grid (a second Session; doubles the run time),
+            and a ball of the target's volume centred on the first prompt.
 
     Raises:
         ValueError: bad protocol, clicks, workers, seed or labels; FileNotFoundError: no such dataset.
@@ -238,7 +243,7 @@ def evaluate(
     tol = _DEFAULT_NSD_MM[protocol] if nsd_tolerance_mm is None else float(nsd_tolerance_mm)
     if not tol >= 0:
         raise ValueError(f"nsd_tolerance_mm must be >= 0, got {nsd_tolerance_mm}")
-    cfg = _Config(protocol, int(clicks), int(seed), tol, bool(window_metrics))
+    cfg = _Config(protocol, int(clicks), int(seed), tol, bool(window_metrics), bool(baselines))
     if isinstance(data, str | Path):
         cases = load_dataset(data, labels)
         data_label = str(data)
@@ -290,6 +295,7 @@ def evaluate(
         "clip": list(clip) if clip is not None else None,
         "device": device,
         "workers": int(workers),
+        "baselines": bool(baselines),
         "volsam_version": __version__,
     }
     overall = _aggregate(results, cfg)
@@ -374,9 +380,10 @@ def _run_all(
         task = bar.add_task(f"evaluate ({cfg.protocol})", total=len(cases))
         if workers == 1 or len(cases) <= 1:
             session = factory()
+            zero = factory() if cfg.baselines else None
             for i, case in enumerate(cases):
                 bar.update(task, description=case.name)
-                out.append(_run_case(session, i, case, cfg, lambda f: bar.advance(task, f)))
+                out.append(_run_case(session, i, case, cfg, lambda f: bar.advance(task, f), zero))
                 extremes.add(out[-1])
                 bar.update(task, completed=i + 1)
         else:
@@ -385,7 +392,7 @@ def _run_all(
                 max_workers=min(workers, len(cases)),
                 mp_context=get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(factory, threads),
+                initargs=(factory, threads, cfg.baselines),
             ) as pool:
                 futures = [pool.submit(_worker_case, i, case, cfg) for i, case in enumerate(cases)]
                 for fut in as_completed(futures):

@@ -45,6 +45,11 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--jitter-mm", type=float, default=24.0, help="max window-centre jitter around the target, mm")
     g.add_argument(
+        "--window-spacings", type=float, nargs="+", default=None, metavar="MM",
+        help="multi-scale training: each window's spacing drawn from these (e.g. 1.5 3 6) among those at which "
+        "the target covers >= 64 window voxels (default: 1.5 mm only)",
+    )
+    g.add_argument(
         "--extra-targets", type=int, default=0,
         help="train on this many more structures of each window (one encoder pass, several decodes)",
     )
@@ -79,6 +84,14 @@ def _add_optim_arguments(p: argparse.ArgumentParser, lr: float, encoder_lr: floa
     )
     g.add_argument(
         "--box-prob", type=float, default=0.0, help="early-fusion models: share of first prompts that are boxes"
+    )
+    g.add_argument(
+        "--leak-click-prob", type=float, default=0.0,
+        help="share of correction clicks that are negative clicks on the largest leak when there is one",
+    )
+    g.add_argument(
+        "--thick-slice-prob", type=float, default=0.0,
+        help="share of windows resampled to 3-7 mm slices along one axis and back (needs --batch-augment)",
     )
     g.add_argument("--rounds", type=int, default=5, help="interaction rounds per batch (sam recipe)")
     g.add_argument("--mask-only-rounds", type=int, default=2, help="rounds without a new click (sam recipe)")

@@ -124,3 +124,45 @@ def augment_batch(
         noise = torch.randn(img.shape, generator=noise_generator, device=dev)
     img = img + noise * (rand(b) * cfg.noise_max).view(b, 1, 1, 1, 1)
     return img.contiguous(), tgt.contiguous()
+
+
+def thick_slices(
+    image: torch.Tensor,
+    spacing_mm: torch.Tensor,
+    generator: torch.Generator,
+    prob: float = 0.3,
+    thickness_mm: tuple[float, float] = (3.0, 7.0),
+) -> torch.Tensor:
+    """Thick-slice copies of some windows: along one random axis, the image is averaged over slabs of a
+    thickness drawn from U(*thickness_mm) (the box profile of a thick acquired slice: an anisotropic blur)
+    and interpolated back linearly to the window grid, as thick-slice MR looks once resampled to the
+    model's isotropic window. A window whose spacing is already at least 2/3 of the drawn thickness (fewer
+    than 1.5 window voxels a slab) is left unchanged.
+
+    Args:
+        image: [B, 1, S, S, S] windows.
+        spacing_mm: [B] window spacing of each sample, mm.
+        generator: CPU generator.
+        prob: probability per sample.
+        thickness_mm: range of slab thickness, mm.
+
+    Returns:
+        [B, 1, S, S, S]; labels are not touched (the truth stays at the window's resolution).
+    """
+    b, s = image.shape[0], image.shape[-1]
+    pick = torch.rand(b, generator=generator) < prob
+    axes = torch.randint(0, 3, (b,), generator=generator)
+    thick = thickness_mm[0] + torch.rand(b, generator=generator) * (thickness_mm[1] - thickness_mm[0])
+    out = image.clone()
+    for j in torch.nonzero(pick).flatten().tolist():
+        factor = float(thick[j]) / float(spacing_mm[j])
+        if factor < 1.5:
+            continue
+        n = max(1, round(s / factor))
+        axis = int(axes[j])
+        small = [s, s, s]
+        small[axis] = n
+        x = image[j : j + 1].float()
+        coarse = F.interpolate(x, size=small, mode="area")  # slab means: the slice profile
+        out[j : j + 1] = F.interpolate(coarse, size=(s, s, s), mode="trilinear", align_corners=False).to(image.dtype)
+    return out

@@ -42,6 +42,12 @@ class TrainConfig:
             (the CVPR 2025 rule) instead of a uniform random error voxel (``click_protocol``).
         box_prob: probability that an early-fusion model's first prompt is the target's bounding box (a box
             channel, 3D or drawn on one slice) instead of a click; 0 for SAM models (no box embedding).
+        leak_click_prob: probability that a correction click, when the prediction has false positives, is a
+            negative click at the deepest voxel of the largest false-positive component
+            (:func:`volsam.train.tasks.leak_click`), so that one negative click learns to remove a whole
+            leak, not a sphere around itself.
+        thick_slice_prob: probability that a training window is turned into thick slices (3-7 mm along one
+            axis, :func:`volsam.train.augment.thick_slices`); needs ``batch_augment``.
         batch_augment: augment each batch in torch on the training device
             (:func:`volsam.train.augment.augment_batch`: rotation, scaling, flip, elastic, gamma, contrast,
             noise), milliseconds a batch where the per-sample MONAI transforms take ~0.4 s a window.
@@ -78,6 +84,8 @@ class TrainConfig:
     correction_ramp_steps: int = 0
     dt_click_prob: float = 0.5
     box_prob: float = 0.0
+    leak_click_prob: float = 0.0
+    thick_slice_prob: float = 0.0
     batch_augment: bool = False
     rounds: int = 5
     mask_only_rounds: int = 2
@@ -110,8 +118,11 @@ class TrainConfig:
                 f"expected max_corrections >= 0 and correction_ramp_steps >= 0, "
                 f"got {self.max_corrections}, {self.correction_ramp_steps}"
             )
-        if not (0.0 <= self.dt_click_prob <= 1.0 and 0.0 <= self.box_prob <= 1.0):
-            raise ValueError(f"dt_click_prob and box_prob must be in [0, 1], got {self.dt_click_prob}, {self.box_prob}")
+        probs = (self.dt_click_prob, self.box_prob, self.leak_click_prob, self.thick_slice_prob)
+        if not all(0.0 <= p <= 1.0 for p in probs):
+            raise ValueError(
+                f"dt_click_prob, box_prob, leak_click_prob and thick_slice_prob must be in [0, 1], got {probs}"
+            )
         if self.click_protocol not in CLICK_PROTOCOLS:
             raise ValueError(f"unknown click protocol {self.click_protocol!r}; valid: {', '.join(CLICK_PROTOCOLS)}")
         if self.loss not in LOSSES:

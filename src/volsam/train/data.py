@@ -22,6 +22,12 @@ volume to 1.5 mm first and cropping later would interpolate twice). Then:
 
 If a spatial augmentation leaves the target empty the un-augmented window is kept.
 
+Multi-scale windows (``spacings``, the multi-scale Session's 1.5 / 3 / 6 mm: 96 / 192 / 384 mm of field at
+64^3). Each sample draws its window spacing uniformly from the spacings at which its target covers at least
+:data:`MIN_TARGET_WINDOW_VOXELS` window voxels (the finest always qualifies): a whole brain is seen whole at
+6 mm and in part at 1.5 mm (as the Session's border-refining windows see it), a 1 cm^3 nucleus only at
+1.5 mm, where it is more than a few voxels. The draw uses its own generator, so the other draws do not move.
+
 Caching (:class:`~volsam.train.cache.ArrayCache`). Decoded volumes are kept in memory (LRU, bounded in
 bytes; DataLoader workers started with ``fork`` share them copy-on-write) and, with ``cache_dir``, as ``.npy``
 files that are memory-mapped, so repeated epochs and every worker read only the window they need and never
@@ -30,6 +36,7 @@ decompress a file twice.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +70,9 @@ __all__ = [
 # Sub-streams of the per-index random generators (the second seed word).
 _STREAM_PERM = 0
 _STREAM_SAMPLE = 1
+
+MIN_TARGET_WINDOW_VOXELS = 64
+"""A window spacing is drawn for a target only if the target covers at least this many of its voxels."""
 
 
 class TrainingDataError(ValueError):
@@ -121,8 +131,16 @@ def _compact_labels(arr: np.ndarray, path: Path) -> np.ndarray:
     raise TrainingDataError(f"{path}: label values {lo}..{hi} do not fit int32")
 
 
+def _present_values(label: np.ndarray) -> set[int]:
+    """The label values present in an integer label map."""
+    a = np.asarray(label)
+    if a.dtype in (np.uint8, np.uint16):
+        return {int(v) for v in np.flatnonzero(np.bincount(a.ravel()))}
+    return {int(v) for v in np.unique(a)}
+
+
 def _is_derived(t: Target) -> bool:
-    return t.label_path is not None or t.threshold is not None or t.largest_component
+    return t.label_path is not None or t.threshold is not None or t.largest_component or t.values is not None
 
 
 class TrainDataset(Dataset):
@@ -132,7 +150,8 @@ class TrainDataset(Dataset):
     - ``target``: float32 [T, S, S, S], 1 inside the target (T = 1 + ``extra_targets``: the sampled
       target first, then other labelled structures of the same window, see ``extra_targets``);
     - ``index``: the sample index (int), which seeds the clicks of the training loop;
-    - ``pair``: index into :attr:`entries`.
+    - ``pair``: index into :attr:`entries`;
+    - ``spacing``: the window's spacing, mm (float; one of ``spacings``, else ``spacing``).
 
     Any non-negative ``index`` is valid (the data repeat in epochs of ``len(self)`` = number of pairs).
 
@@ -140,6 +159,8 @@ class TrainDataset(Dataset):
         cases: cases from :func:`volsam.eval.datasets.load_dataset`.
         size: window side, voxels.
         spacing: window spacing, mm.
+        spacings: window spacings drawn per sample (multi-scale training, see the module docstring); None:
+            always ``spacing``.
         seed: seed of every random draw.
         jitter_mm: maximum per-axis offset of the window centre from the chosen foreground voxel.
         margin: the chosen voxel stays at least this many voxels inside the window.
@@ -183,6 +204,7 @@ class TrainDataset(Dataset):
         max_fg_samples: int = 20000,
         extra_targets: int = 0,
         min_extra_voxels: int = 64,
+        spacings: Sequence[float] | None = None,
     ) -> None:
         if not 0.0 <= p_synth <= 1.0:
             raise ValueError(f"p_synth must be in [0, 1], got {p_synth}")
@@ -190,6 +212,9 @@ class TrainDataset(Dataset):
             raise ValueError(f"window size {size} too small for margin {margin}")
         self.size = int(size)
         self.spacing = float(spacing)
+        if spacings is not None and (not spacings or min(spacings) <= 0):
+            raise ValueError(f"spacings must be positive, got {spacings}")
+        self.spacings = tuple(sorted(float(x) for x in spacings)) if spacings else None
         self.seed = int(seed)
         self.jitter_mm = float(jitter_mm)
         self.margin = int(margin)
@@ -279,12 +304,18 @@ class TrainDataset(Dataset):
         t = entry.target
         info = self.cases[entry.case_index]
         src = _file_key(t.label_path) if t.label_path is not None else info.key
-        return f"{src}_mask_{t.value}_{t.threshold}_{int(t.largest_component)}"
+        union = "" if t.values is None else f"_u{zlib.crc32(str(t.values).encode()):08x}"
+        return f"{src}_mask_{t.value}_{t.threshold}_{int(t.largest_component)}{union}"
 
     def _targets(self, ci: int, label: np.ndarray) -> list[TargetEntry]:
         info = self.cases[ci]
         out = []
+        # A dataset.json names every structure of every case: skip the values this label map lacks without
+        # scanning the volume once per name (1300 names x 100 cases otherwise dominate start-up).
+        present = _present_values(label)
         for t in resolve_targets(info.case, label):
+            if not _is_derived(t) and t.value not in present:
+                continue
             mask = load_target_mask(info.case, t, label)
             flat = np.flatnonzero(mask)
             if flat.size == 0:
@@ -314,14 +345,31 @@ class TrainDataset(Dataset):
             self._perm_cache = (epoch, perm)
         return int(self._perm_cache[1][pos])
 
-    def _window(self, entry: TargetEntry, voxel: np.ndarray, offset_mm: np.ndarray) -> Window:
+    def _window(
+        self, entry: TargetEntry, voxel: np.ndarray, offset_mm: np.ndarray, spacing: float | None = None
+    ) -> Window:
         info = self.cases[entry.case_index]
-        return Window(voxel_to_world(voxel, info.affine) + offset_mm, size=self.size, spacing=self.spacing)
+        sp = self.spacing if spacing is None else spacing
+        return Window(voxel_to_world(voxel, info.affine) + offset_mm, size=self.size, spacing=sp)
 
-    def _random_window(self, entry: TargetEntry, rng: np.random.Generator, jitter: bool) -> Window:
+    def spacing_choices(self, entry: TargetEntry) -> tuple[float, ...]:
+        """The window spacings a sample of ``entry`` draws from: those of ``spacings`` at which the target
+        covers at least MIN_TARGET_WINDOW_VOXELS window voxels, the finest always; (spacing,) without
+        ``spacings``."""
+        if self.spacings is None:
+            return (self.spacing,)
+        voxel_mm3 = abs(float(np.linalg.det(self.cases[entry.case_index].affine[:3, :3])))
+        volume = entry.voxels * voxel_mm3
+        fit = tuple(s for s in self.spacings if volume / s**3 >= MIN_TARGET_WINDOW_VOXELS)
+        return fit or self.spacings[:1]
+
+    def _random_window(
+        self, entry: TargetEntry, rng: np.random.Generator, jitter: bool, spacing: float | None = None
+    ) -> Window:
+        sp = self.spacing if spacing is None else spacing
         voxel = entry.fg[int(rng.integers(len(entry.fg)))].astype(np.float64)
-        limit = min(self.jitter_mm, (self.size // 2 - self.margin) * self.spacing) if jitter else 0.0
-        return self._window(entry, voxel, rng.uniform(-limit, limit, 3) if limit > 0 else np.zeros(3))
+        limit = min(self.jitter_mm, (self.size // 2 - self.margin) * sp) if jitter else 0.0
+        return self._window(entry, voxel, rng.uniform(-limit, limit, 3) if limit > 0 else np.zeros(3), sp)
 
     def _label_windows(
         self, entry: TargetEntry, window: Window, want_map: bool
@@ -367,9 +415,11 @@ class TrainDataset(Dataset):
             np.random.default_rng([self.seed, _STREAM_SAMPLE, index, k]) for k in range(4)
         )
         use_synth = self.p_synth >= 1.0 or (self.p_synth > 0.0 and rng_synth.random() < self.p_synth)
+        choices = self.spacing_choices(entry)
+        spacing = choices[int(np.random.default_rng([self.seed, _STREAM_SAMPLE, index, 5]).integers(len(choices)))]
         tries = 8
         for attempt in range(tries):
-            window = self._random_window(entry, rng, jitter=attempt < tries - 1)
+            window = self._random_window(entry, rng, jitter=attempt < tries - 1, spacing=spacing)
             target, lab = self._label_windows(entry, window, want_map=use_synth or self.extra_targets > 0)
             if target.any():
                 break
@@ -400,7 +450,13 @@ class TrainDataset(Dataset):
         if intensity is not None:
             intensity.set_random_state(seed=int(rng_intensity.integers(2**31 - 1)))
             img_t = _plain(intensity({"image": img_t})["image"])
-        return {"image": img_t.contiguous(), "target": tgt_t.contiguous(), "index": index, "pair": pair}
+        return {
+            "image": img_t.contiguous(),
+            "target": tgt_t.contiguous(),
+            "index": index,
+            "pair": pair,
+            "spacing": float(spacing),
+        }
 
     def _extra_targets(
         self, entry: TargetEntry, target: np.ndarray, lab: np.ndarray, rng: np.random.Generator
@@ -434,6 +490,7 @@ class TrainDataset(Dataset):
             "target": torch.from_numpy(target.astype(np.float32))[None],
             "index": pair,
             "pair": pair,
+            "spacing": self.spacing,
         }
 
     def describe(self) -> str:

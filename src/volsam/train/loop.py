@@ -168,6 +168,7 @@ def datasets_from_args(
         jitter_mm=args.jitter_mm,
         preload=True,
         extra_targets=getattr(args, "extra_targets", 0),
+        spacings=getattr(args, "window_spacings", None),
         **common,
     )
     val = TrainDataset(val_cases, **common) if val_cases else None
@@ -189,6 +190,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         correction_ramp_steps=args.correction_ramp_steps,
         dt_click_prob=args.dt_click_prob,
         box_prob=args.box_prob,
+        leak_click_prob=getattr(args, "leak_click_prob", 0.0),
+        thick_slice_prob=getattr(args, "thick_slice_prob", 0.0),
         batch_augment=args.batch_augment,
         rounds=args.rounds,
         mask_only_rounds=args.mask_only_rounds,

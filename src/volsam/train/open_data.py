@@ -18,7 +18,15 @@ image's own grid; :func:`build_training_set` writes them as an nnU-Net raw folde
 - :func:`tissue_case`: connected components of Colin27's k-means tissue classes (structures with visible
   boundaries: ventricles, white matter, cerebellar and cortical grey matter pieces);
 - :func:`shapes_cases`: procedural volumes (:mod:`volsam.train.shapes`) of deformed ellipsoids on a
-  textured background, every shape a target whose border *is* an image edge.
+  textured background, every shape a target whose border *is* an image edge;
+- :func:`large_cases` (source ``large``): large targets for multi-scale training, 0.1-2 L: the MNI152 brain
+  and its left/right halves, the whole head of the CT (skull included), and procedural volumes of large
+  shapes at 2.5 mm (:data:`LARGE_BASE` values; one case per label map, since these targets overlap).
+
+:func:`large_validation_cases` (the inia19 brain and hemispheres, one large-shapes volume of its own seed)
+are never trained on: ``scripts/build_default_data.py --large-val`` writes them to ``OUT/validation_large``
+for the ship rule's large-target validation. Colin27's large structures (``volsam evaluate --data
+large-targets``) are a target of no source: the held-out large-target evaluation.
 
 **Held out everywhere**: the voxels of the held-out AAL structures (:data:`HELD_OUT_AAL`, resampled by world
 coordinates onto grids in MNI space) are removed from every target of every MNI-space source, and a label
@@ -328,28 +336,132 @@ def shapes_cases(
     return out
 
 
+LARGE_BASE = 63000
+"""Label values of :func:`large_cases` (63001 ...; large shapes from 63100) and of
+:func:`large_validation_cases` (64001 ...): above 60000, so :func:`split_validation` never draws them."""
+
+LARGE_SHAPES_VOLUMES = 4
+LARGE_SHAPES_SPACING_MM = 2.5
+"""Large-shape volumes: 128^3 voxels of 2.5 mm (320 mm), 6 shapes of 25-75 mm semi-axes each."""
+
+
+def _brain_mask(prob: np.ndarray) -> np.ndarray:
+    """Largest 26-connected component of ``prob``, holes filled (ventricles, deep nuclei stay inside)."""
+    lab, n = ndimage.label(prob, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return prob.astype(bool)
+    sizes = np.bincount(lab.ravel())[1:]
+    return ndimage.binary_fill_holes(lab == 1 + int(np.argmax(sizes)))
+
+
+def _halves(brain: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of ``brain`` left (world x < 0, RAS) and right of the mid-sagittal plane x = 0."""
+    i = np.arange(brain.shape[0], dtype=np.float64)
+    x = affine[0, 0] * i + affine[0, 3]  # axis-aligned MNI-space grids: x depends on the first index only
+    left = (x < 0)[:, None, None]
+    return brain & left, brain & ~left
+
+
+def _large_shapes(i: int, seed: int, base: int) -> LabelledCase:
+    image, lab = shapes_volume(np.random.default_rng([seed, 9, i]), 128, 6, axes_voxels=(10.0, 30.0))
+    vals = np.where(lab > 0, base + np.clip(lab, 0, 15), TISSUE_BASE - lab).astype(np.uint16)
+    names = {f"large_shape_{i}_{int(v) - base}": int(v) for v in np.unique(vals) if base < v < base + 16}
+    affine = np.diag([LARGE_SHAPES_SPACING_MM] * 3 + [1.0])
+    return LabelledCase(f"large_shapes_{i:02d}", Volume(image, affine), vals, names)
+
+
+def large_cases(data_dir: Path | None = None, ct: Path = INVESALIUS_EXAMPLE, seed: int = 0) -> list[LabelledCase]:
+    """Large targets (0.1-2 L) of other images than Colin27, for multi-scale training.
+
+    - MNI152 2009a (nilearn): the brain (grey + white matter probability >= 0.5, largest component, holes
+      filled; 63001) in one case, its left and right halves at x = 0 (63002, 63003) in another;
+    - the InVesalius head CT: the whole head, skull included (63004);
+    - :data:`LARGE_SHAPES_VOLUMES` procedural volumes of large shapes (63100 + 16 i + j).
+
+    The held-out AAL structures lie inside the brain: their voxels stay in these targets (they are interior,
+    so no target border traces them). Label maps are filled with tissue classes outside the targets.
+    """
+    d = nilearn_data_dir() if data_dir is None else Path(data_dir)
+    stem = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
+    _require(d / stem.format("t1"), "pip install 'volsam[data]' (nilearn)")
+    _require(ct, "apt-get install invesalius-examples")
+    t1 = read_image(d / stem.format("t1"))
+    prob = np.asarray(read_image(d / stem.format("gm")).array) + np.asarray(read_image(d / stem.format("wm")).array)
+    brain = _brain_mask(prob >= 0.5)
+    left, right = _halves(brain, np.asarray(t1.affine))
+    img = np.asarray(t1.array)
+    lab_brain = fill_tissue(np.where(brain, LARGE_BASE + 1, 0).astype(np.uint16), img)
+    lab_halves = fill_tissue(
+        np.where(left, LARGE_BASE + 2, np.where(right, LARGE_BASE + 3, 0)).astype(np.uint16), img
+    )
+    out = [
+        LabelledCase("large_mni152_brain", t1, lab_brain, {"MNI152_brain": LARGE_BASE + 1}),
+        LabelledCase(
+            "large_mni152_halves",
+            t1,
+            lab_halves,
+            {"MNI152_brain_left": LARGE_BASE + 2, "MNI152_brain_right": LARGE_BASE + 3},
+        ),
+    ]
+    vol = read_inv3(ct)
+    head = ct_head_labels(np.asarray(vol.array)) > 0
+    out.append(LabelledCase("large_ct_head", vol, np.where(head, LARGE_BASE + 4, 0).astype(np.uint16),
+                            {"CT_whole_head": LARGE_BASE + 4}))
+    out += [_large_shapes(i, seed, LARGE_BASE + 100 + 16 * i) for i in range(LARGE_SHAPES_VOLUMES)]
+    return out
+
+
+def large_validation_cases(templates: Path = MRICRON_TEMPLATES, seed: int = 0) -> list[LabelledCase]:
+    """Large targets never trained on, for the ship rule's validation: the inia19 brain (all NeuroMaps
+    labels, holes filled; 64001, 100 cm^3) in one case, its hemispheres at x = 0 (64002, 64003) in another,
+    and one large-shapes volume of its own seed (64100 + j)."""
+    _require(templates / "inia19-t1-brain.nii.gz", "apt-get install mricron-data")
+    t1 = read_image(templates / "inia19-t1-brain.nii.gz")
+    nm = np.asarray(read_image(templates / "inia19-NeuroMaps.nii.gz", dtype=None).array)
+    brain = _brain_mask(nm > 0)
+    left, right = _halves(brain, np.asarray(t1.affine))
+    img = np.asarray(t1.array)
+    base = LARGE_BASE + 1000
+    lab_brain = fill_tissue(np.where(brain, base + 1, 0).astype(np.uint16), img)
+    lab_halves = fill_tissue(np.where(left, base + 2, np.where(right, base + 3, 0)).astype(np.uint16), img)
+    shapes = _large_shapes(0, seed + 1000, base + 100)
+    return [
+        LabelledCase("large_val_inia19_brain", t1, lab_brain, {"inia19_brain": base + 1}),
+        LabelledCase("large_val_inia19_halves", t1, lab_halves, {"inia19_left": base + 2, "inia19_right": base + 3}),
+        shapes._replace(name="large_val_shapes"),
+    ]
+
+
 SOURCES = {"colin27": colin27_case, "inia19": inia19_case, "invesalius": invesalius_case, "mni152": mni152_case,
-           "atlases": atlas_cases, "tissue": tissue_case, "shapes": shapes_cases}
+           "atlases": atlas_cases, "tissue": tissue_case, "shapes": shapes_cases, "large": large_cases}
 """Source name -> case function, in the order :func:`build_training_set` writes them."""
 
 
-def build_training_set(out: Path, sources: Iterable[str] = tuple(SOURCES)) -> dict[str, int]:
+VALIDATION_SOURCES = {"large_validation": large_validation_cases}
+"""Sources written only as validation folders (``build_training_set(..., registry=VALIDATION_SOURCES)``)."""
+
+
+def build_training_set(
+    out: Path, sources: Iterable[str] = tuple(SOURCES), registry: dict | None = None
+) -> dict[str, int]:
     """Write the chosen sources under ``out`` as an nnU-Net raw folder; returns its ``labels`` map.
 
     A source whose package is missing raises ``FileNotFoundError`` naming the package to install.
     """
     sources = list(sources)
-    unknown = [s for s in sources if s not in SOURCES]
+    registry = SOURCES if registry is None else registry
+    unknown = [s for s in sources if s not in registry]
     if unknown:
-        raise ValueError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
+        raise ValueError(f"unknown source(s) {unknown}; expected some of {list(registry)}")
     out = Path(out)
     labels: dict[str, int] = {"background": 0}
     names = []
     for s in sources:
-        made = SOURCES[s]()
+        made = registry[s]()
         for case in made if isinstance(made, list) else [made]:
             label = case.label
-            if s not in ("invesalius", "shapes"):  # CT labels cover the head; shapes carry their own tissue
+            # CT labels cover the head; shapes carry their own tissue; large cases are filled already
+            if s not in ("invesalius", "shapes", "large", "large_validation"):
                 label = fill_tissue(label, np.asarray(case.image.array))
             write_image(case.image, out / "imagesTr" / f"{case.name}_0000.nii.gz")
             write_mask(label, case.image, out / "labelsTr" / f"{case.name}.nii.gz")

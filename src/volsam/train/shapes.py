@@ -32,12 +32,16 @@ def _smooth_noise(shape: tuple[int, int, int], cells: int, rng: np.random.Genera
 
 
 def shapes_volume(
-    rng: np.random.Generator, size: int = SHAPES_SIZE, shapes: int = SHAPES_PER_VOLUME
+    rng: np.random.Generator,
+    size: int = SHAPES_SIZE,
+    shapes: int = SHAPES_PER_VOLUME,
+    axes_voxels: tuple[float, float] = (3.0, 18.0),
 ) -> tuple[np.ndarray, np.ndarray]:
     """One procedural volume: (image float32 in [0, 1], label map int64 with shapes 1..n and background
     tissue classes as negative values -1..-3), both (size, size, size) at 1 mm.
 
-    Shapes are ellipsoids with log-uniform semi-axes of 3-18 mm and a random rotation, their surface
+    Shapes are ellipsoids with log-uniform semi-axes of ``axes_voxels`` (3-18 voxels: mm at 1 mm) and a
+    random rotation, their surface
     displaced by a smooth random field (lobes, bends); 40 % are the union with a second, offset ellipsoid
     (elongated and C-like objects such as the caudate). Later shapes are painted over earlier ones, so
     shapes touch and cut each other; each keeps its largest 26-connected piece of >= MIN_SHAPE_VOXELS.
@@ -52,7 +56,7 @@ def shapes_volume(
     coords = np.indices(shape3, dtype=np.float32)
     n = 0
     for _ in range(shapes):
-        axes = np.exp(rng.uniform(np.log(3.0), np.log(18.0), 3))
+        axes = np.exp(rng.uniform(np.log(axes_voxels[0]), np.log(axes_voxels[1]), 3))
         centre = rng.uniform(0.15 * size, 0.85 * size, 3)
         parts = [(centre, axes, np.linalg.qr(rng.standard_normal((3, 3)))[0])]
         if rng.random() < 0.4:

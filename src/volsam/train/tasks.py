@@ -21,15 +21,24 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from volsam.modeling import PromptableModel
-from volsam.prompts import first_click, simulate_click
+from volsam.prompts import Click, first_click, simulate_click
 from volsam.train.config import _STREAM_AUGMENT, _STREAM_CLICKS, _STREAM_ROUNDS, TrainConfig
 from volsam.train.losses import make_loss
 from volsam.train.prompt_sim import box_channel
 
-__all__ = ["InteractiveTask", "Task", "correction_loss", "correction_rounds", "interaction_loss", "mask_only_round_set"]
+__all__ = [
+    "InteractiveTask",
+    "Task",
+    "correction_loss",
+    "correction_rounds",
+    "interaction_loss",
+    "leak_click",
+    "mask_only_round_set",
+]
 
 
 def mask_only_round_set(rounds: int, count: int, rng: np.random.Generator) -> set[int]:
@@ -121,6 +130,29 @@ def interaction_loss(
     return total, per_round
 
 
+def leak_click(pred: np.ndarray, gt: np.ndarray) -> Click | None:
+    """A negative click at the deepest voxel (largest Euclidean distance to its border, voxel units) of the
+    largest 26-connected false-positive component of ``pred``: where a user removes a leak.
+
+    Args:
+        pred, gt: (S, S, S) bool prediction and target.
+
+    Returns:
+        The click, or None when ``pred`` has no false positive.
+    """
+    fp = np.asarray(pred, dtype=bool) & ~np.asarray(gt, dtype=bool)
+    if not fp.any():
+        return None
+    lab, _ = ndimage.label(fp, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    comp = lab == int(np.argmax(sizes))
+    # pad so that the window border counts as outside: a leak cut by the border is deepest inside the window
+    depth = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1, 1:-1]
+    i, j, k = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return Click((float(i), float(j), float(k)), False)
+
+
 NextClicks = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """A click simulator: the current prediction [B, S, S, S] bool -> one click per sample: coordinates [B, 3]
 (window voxels, tensor-axis order) and labels [B] long (1 positive, 0 negative, -1 none)."""
@@ -186,7 +218,9 @@ def correction_loss(
     with the evaluation's simulators, seeded per sample: a first prompt (a random target voxel, or for an
     early-fusion model with ``cfg.box_prob`` the target's box, :func:`volsam.train.prompt_sim.box_channel`),
     k correction clicks (k uniform in 0..``cfg.corrections_at(step)``, the same k for the batch; each at the
-    centre of the largest error with ``cfg.dt_click_prob``, else by ``cfg.click_protocol``), one trained round.
+    centre of the largest error with ``cfg.dt_click_prob``, else by ``cfg.click_protocol``; with
+    ``cfg.leak_click_prob`` first, where the prediction has false positives, a negative click on the largest
+    leak, :func:`leak_click`), one trained round.
 
     Args and returns as :func:`interaction_loss` (the per-round list holds the one trained round's loss).
     """
@@ -208,8 +242,14 @@ def correction_loss(
 
     def next_clicks(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = pred.cpu().numpy()
-        protocols = ["cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol for j in range(b)]
-        return _click_tensors([simulate_click(protocols[j], p[j], gt[j], rngs[j]) for j in range(b)], device)
+        clicks: list[Click | None] = []
+        for j in range(b):
+            c = leak_click(p[j], gt[j]) if cfg.leak_click_prob > 0 and rngs[j].random() < cfg.leak_click_prob else None
+            if c is None:
+                protocol = "cvpr25" if rngs[j].random() < cfg.dt_click_prob else cfg.click_protocol
+                c = simulate_click(protocol, p[j], gt[j], rngs[j])
+            clicks.append(c)
+        return _click_tensors(clicks, device)
 
     loss = correction_rounds(model, emb, target, k, first, next_clicks, loss_fn, cfg.amp, dense)
     return loss, [float(loss.detach())]
@@ -292,6 +332,12 @@ class InteractiveTask:
             seed = np.random.default_rng([self.cfg.seed, _STREAM_AUGMENT, step]).integers(2**62)
             gen = torch.Generator().manual_seed(int(seed))
             image, target = augment_batch(image, target, gen)
+            if self.cfg.thick_slice_prob > 0:
+                from volsam.train.augment import thick_slices
+
+                spacing = batch.get("spacing")
+                sp = torch.full((image.shape[0],), 1.5) if spacing is None else torch.as_tensor(spacing).float()
+                image = thick_slices(image, sp, gen, self.cfg.thick_slice_prob)
         grad = torch.enable_grad() if self.encoder_trains else torch.no_grad()
         with grad, _autocast(self.device, self.cfg.amp):
             emb = self.model.image_encoder(image)
