@@ -177,6 +177,7 @@ def has_object_routes(page) -> bool:
 def test_opens_the_demo(page, server):
     # nothing pretends to load before an image is opened
     assert page.evaluate("window.volsamViewer.nv.opts.loadingText") == ""
+    assert page.is_hidden("#datastore")  # this server has no datastore (GET /datastore/images: 404)
     page.click("#demo")
     page.wait_for_selector("body[data-session]", timeout=TIMEOUT)
     session = server[1][-1]

@@ -38,6 +38,7 @@ const state = {
   busy: false, queue: [], history: [],
   tool: "point", layout: "grid", lut: null, dims: null, serverLayer: null,
   timings: [], hover: null, lastTile: SLICE.axial,
+  datastore: null, binding: null, // GET /datastore/images; the open session's {image_id, version} (or null)
 };
 window.volsamViewer = { nv, state, setLayout, labelCounts: () => Array.from(histogram(nv.drawBitmap || [])) };
 
@@ -61,6 +62,7 @@ async function api(path, options = {}) {
     try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
     const err = new Error(`${res.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
     err.status = res.status;
+    err.headers = res.headers;
     throw err;
   }
   return res;
@@ -582,6 +584,10 @@ async function openSession(info, { name = "image", reattach = false } = {}) {
   const t = {};
   await refreshLayer(null, t);
   for (const b of ["undo", "reset", "object", "save"]) $(b).disabled = false;
+  $("ds-conflict").hidden = true;
+  $("ds-status").textContent = "";
+  delete document.body.dataset.dsVersion;
+  await bindDatastore();
   document.body.dataset.session = info.id;
   setTool(state.tool);
   setStatus(`${reattach ? "Reattached to the server's session: " : ""}${info.shape.join(" x ")} voxels, ` +
@@ -611,6 +617,111 @@ function guarded(what, fn) {
   });
   return opening;
 }
+
+// ---------------------------------------------------------------- the datastore (volsam serve --datastore)
+
+function setDsStatus(text, isError = false) {
+  const el = $("ds-status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+  setStatus(text, isError);
+}
+
+/** The datastore's images and their label status; the panel stays hidden when the server has none (404). */
+async function listImages() {
+  try {
+    state.datastore = await (await api("datastore/images")).json();
+  } catch (err) {
+    if (err.status !== 404 && err.status !== 401) setStatus(`image list: ${err.message}`, true);
+    return;
+  }
+  $("datastore").hidden = false;
+  $("ds-where").textContent = `(${state.datastore.backend})`;
+  $("ds-where").title = state.datastore.location;
+  const ul = $("images");
+  ul.replaceChildren();
+  for (const img of state.datastore.images) {
+    const li = document.createElement("li");
+    li.dataset.id = img.id;
+    li.title = `${img.id}: open it, continuing from its latest saved final label`;
+    li.classList.toggle("current", img.id === state.binding?.image_id);
+    li.innerHTML = `<span class="name"></span><span class="badge"></span>`;
+    li.querySelector(".name").textContent = img.name;
+    const badge = li.querySelector(".badge");
+    badge.dataset.status = img.status;
+    badge.textContent = img.status === "none" ? "none" : `${img.status} v${img.labels[img.status]}`;
+    ul.append(li);
+  }
+}
+
+/** Which datastore image the open session holds (404: none, e.g. an uploaded file or the demo). */
+async function bindDatastore() {
+  state.binding = null;
+  if (state.datastore) {
+    try { state.binding = await (await api(`sessions/${state.id}/datastore`)).json(); } catch (_) { /* not bound */ }
+  }
+  $("ds-save").disabled = !state.binding;
+  document.body.dataset.image = state.binding ? state.binding.image_id : "";
+  if (state.datastore) await listImages(); // marks the open image, with what is saved now
+}
+
+/** The prompts already sent have been answered (a save holds all of them). */
+async function idle() {
+  while (state.busy) await new Promise((r) => setTimeout(r, 50));
+}
+
+function saveToDatastore(force = false) {
+  return guarded("saving to the datastore", async () => {
+    await idle();
+    let conflict = false;
+    try {
+      const r = await (await send("POST", `sessions/${state.id}/datastore/save`, { kind: "final", force })).json();
+      const where = r.pushed ? `, pushed to the PACS as DICOM-SEG (series ${r.remote.seg_series_instance_uid})`
+        : state.datastore.backend === "local" ? " in the folder" : "";
+      setDsStatus(`saved ${r.image_id} as final v${r.version}${where}`);
+      document.body.dataset.dsVersion = String(r.version);
+    } catch (err) {
+      if (err.status === 409) {
+        // someone saved a newer version since this session's: keep both (force), or continue from theirs
+        const latest = err.headers.get("X-Latest-Version");
+        $("ds-resume").textContent = `Reopen latest (v${latest})`;
+        conflict = true;
+        setDsStatus(`conflict: ${err.message}`, true);
+      } else {
+        setDsStatus(`save: ${err.message}`, true); // 502: saved locally, the PACS did not take it (the message says so)
+      }
+    }
+    await bindDatastore(); // the version the next save builds on (after a 502 too: saved locally), and the list
+    $("ds-conflict").hidden = !conflict;
+  });
+}
+
+$("images").addEventListener("click", (e) => {
+  const li = e.target.closest("li");
+  if (!li) return;
+  const img = state.datastore.images.find((i) => i.id === li.dataset.id);
+  guarded(`opening ${img.name}`, async () => {
+    const info = await (await send("POST", `datastore/images/${encodeURIComponent(img.id)}/session`, { restore: true })).json();
+    await openSession(info, { name: img.name });
+    setDsStatus(info.version ? `${img.name}: final v${info.version} restored, ${info.objects} object(s); prompts continue from it`
+      : `${img.name}: nothing saved yet`);
+  });
+});
+$("ds-save").addEventListener("click", () => saveToDatastore(false));
+$("ds-force").addEventListener("click", () => saveToDatastore(true));
+$("ds-resume").addEventListener("click", () => guarded("reopening the latest label", async () => {
+  await idle();
+  const r = await (await send("POST", `sessions/${state.id}/datastore/resume`)).json();
+  state.relist = true;
+  state.history = [];
+  state.numObjects = r.objects;
+  state.meta.marks = []; // the prompts behind the reopened label are not this page's
+  saveMeta();
+  await refreshLayer(null, {});
+  await bindDatastore();
+  setDsStatus(`reopened ${r.image_id} at final v${r.version}: ${r.objects} object(s)`);
+}));
+$("token").addEventListener("change", () => { if (!state.datastore) listImages(); });
 
 // ---------------------------------------------------------------- controls
 
@@ -743,6 +854,7 @@ nv.attachToCanvas(canvas).then(async () => {
   setLayout(state.software ? "grid3" : "grid");
   setTool("point");
   setConvention(false);
+  await listImages();
   const path = new URLSearchParams(window.location.search).get("path");
   if (path) {
     await guarded(`opening ${path}`, async () =>
