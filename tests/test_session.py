@@ -361,9 +361,10 @@ def test_an_early_fusion_model_runs_a_session_with_its_box_channel_and_undo():
     model.decode = spy  # type: ignore[method-assign]
     s, _ = _ball_session(model)
     m1 = s.add_click((30, 32, 25))
-    assert seen[-1]["prev"] is None and "dense_prompts" not in seen[-1]  # first click: no previous mask
+    assert seen[0]["prev"] is None and "dense_prompts" not in seen[0]  # first click: no previous mask
+    before = len(seen)
     m2 = s.add_click((20, 32, 25), positive=False)
-    assert seen[-1]["n"] == 2 and seen[-1]["prev"].shape == (1, 1, 16, 16, 16)
+    assert seen[before]["n"] == 2 and seen[before]["prev"].shape == (1, 1, 16, 16, 16)
     assert np.array_equal(s.undo(), m1)
     s.new_object()
     before = len(seen)
@@ -450,3 +451,80 @@ def test_paint_is_an_edit_layer_on_top_of_every_later_prediction():
     with pytest.raises(ValueError, match=r"paint stroke must be finite points \(N, 3\)"):
         s.paint(np.array([1, 2, 3]))
     assert s.mask[40, 40, 40] == 0
+
+
+# --------------------------------------------------------------------------- multi-scale windows (early fusion)
+
+
+class _BrightFusion:
+    """An early-fusion model that segments the image's foreground (> 0; the background is exactly 0, which
+    z-normalisation over the voxels > 0 puts far below) at half resolution, whatever the prompts; records
+    each call's clicks, previous mask and dense prompts."""
+
+    def __new__(cls):
+        import torch
+
+        model = _fusion_model()
+        model.calls = []
+
+        def decode(emb, coords, labels, mask_input=None, multimask_output=False, dense_prompts=None):
+            model.calls.append({"labels": labels.clone(), "prev": mask_input, "dense": dense_prompts})
+            low = torch.nn.functional.avg_pool3d((emb > -2.0).float(), 2)
+            return 10.0 * (low - 0.5), torch.full((1, 1), float("nan"))
+
+        model.decode = decode
+        return model
+
+
+def _big_ball_session(diameter_mm: float = 150.0, **kw):
+    shape = (120, 120, 120)  # 180 mm at 1.5 mm
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    r = diameter_mm / 2 / 1.5
+    ball = ((ii - 60) ** 2 + (jj - 60) ** 2 + (kk - 60) ** 2) <= r**2
+    img = (ball * (100 + np.random.default_rng(0).normal(0, 1, shape))).astype(np.float32)
+    model = _BrightFusion()
+    s = Session(model, "cpu", **kw)
+    s.set_image(img, np.diag([1.5, 1.5, 1.5, 1.0]))
+    return s, ball, model
+
+
+def test_a_click_on_a_target_larger_than_the_window_zooms_out_then_refines_along_its_border():
+    s, ball, model = _big_ball_session()  # a 150 mm ball; windows of 32 voxels: 48 / 96 / 192 mm
+    m = s.add_click((60, 60, 60))
+    assert dice(m > 0, ball) > 0.95
+    spacings = [w.spacing for w, _ in s.windows]
+    assert 6.0 in spacings and 2 <= len(model.calls) <= s.max_windows
+    assert model.calls[0]["prev"] is None and model.calls[1]["prev"] is not None  # zoomed with the prior
+    one, _, _ = _big_ball_session(scales=(1.0,))
+    assert dice(one.add_click((60, 60, 60)) > 0, ball) < 0.2  # one 48 mm window: a fraction of the ball
+    before = s.label_map.copy()
+    s.add_click((60, 60, 100), positive=False)  # on the mask, far from the first click
+    s.undo()
+    assert np.array_equal(s.label_map, before)
+
+
+def test_a_box_picks_the_finest_window_that_holds_it_with_a_margin():
+    s, ball, model = _big_ball_session(diameter_mm=60.0)  # 40 voxels: fits 96 mm with margin, not 48 mm
+    m = s.add_box((40, 40, 40), (80, 80, 80))
+    assert s._current.windows[0].window.spacing == 3.0 and s._current.windows[0].level == 1
+    assert dice(m > 0, ball) > 0.95
+    box = model.calls[0]["dense"]["box_pos"][0, 0]
+    assert box[0].sum() == 0 and box[:, 0].sum() == 0 and box.sum() > 0  # the box channel has a border
+    n = len(model.calls)
+    s.add_click((60, 60, 60), positive=False)  # inside the box's window: re-predicted, prior carried
+    assert model.calls[n]["labels"].tolist() == [[1, 0]] and model.calls[n]["prev"].max() > 0
+
+
+def test_a_negative_click_off_the_object_adds_nothing_and_one_on_it_opens_a_window():
+    s, ball, model = _big_ball_session(diameter_mm=30.0)  # fits one 48 mm window
+    s.add_click((60, 60, 60))
+    assert len(model.calls) == 1  # no border touched: no zoom, no refinement
+    s.add_click((5, 5, 5), positive=False)
+    assert len(model.calls) == 1 and s.num_clicks == 2
+    init = np.zeros(ball.shape, np.uint8)
+    init[50:70, 50:70, 50:70] = 1
+    s.new_object()
+    s.set_initial_mask(init)
+    s.add_click((57, 57, 57), positive=False)  # on the initial mask: a window, with it as prior
+    assert len(model.calls) == 2 and model.calls[1]["prev"].max() > 0
+    assert model.calls[1]["labels"].tolist() == [[1, 0]]  # a seed at the prior's deepest point, then the click

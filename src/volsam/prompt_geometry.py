@@ -18,6 +18,7 @@ __all__ = [
     "PROMPT_CHANNELS",
     "PROMPT_KINDS",
     "VoxelPrompt",
+    "box_channels",
     "box_prompt",
     "clip_segments",
     "deepest_points",
@@ -25,6 +26,7 @@ __all__ = [
     "fill_polygon",
     "lasso_voxels",
     "point_prompt",
+    "prompt_channels",
     "prompt_from_voxels",
     "prompt_in_window",
     "to_voxel",
@@ -69,6 +71,28 @@ def prompt_in_window(p: VoxelPrompt, affine: np.ndarray, window: Window) -> np.n
         ok = np.all((wc >= 0) & (wc < window.size), axis=1)
         inside[tuple(wc[ok].T)] = True
     return inside
+
+
+def prompt_channels(prompts: list[VoxelPrompt], affine: np.ndarray, window: Window) -> np.ndarray:
+    """``prompts`` as dense masks on ``window``'s grid: float32 ``[len(PROMPT_CHANNELS), size, size, size]``
+    (0/1, channel order :data:`PROMPT_CHANNELS`), each drawn as :func:`prompt_in_window` does."""
+    out = np.zeros((len(PROMPT_CHANNELS), *window.shape), dtype=np.float32)
+    for p in prompts:
+        c = PROMPT_CHANNELS.index(f"{p.kind}{'+' if p.positive else '-'}")
+        out[c][prompt_in_window(p, affine, window)] = 1.0
+    return out
+
+
+def box_channels(prompts: list[VoxelPrompt], affine: np.ndarray, window: Window) -> dict[str, np.ndarray]:
+    """The box prompts among ``prompts`` on ``window``'s grid, by early-fusion channel name (``box_pos``,
+    ``box_neg``): float32 ``(size,)*3`` 0/1, the union of each sign's boxes; empty without boxes."""
+    out: dict[str, np.ndarray] = {}
+    for p in prompts:
+        if p.kind == "box":
+            name = "box_pos" if p.positive else "box_neg"
+            m = prompt_in_window(p, affine, window).astype(np.float32)
+            out[name] = np.maximum(out[name], m) if name in out else m
+    return out
 
 
 def prompt_from_voxels(kind: str, positive: bool, idx: np.ndarray) -> VoxelPrompt:

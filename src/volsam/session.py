@@ -7,13 +7,38 @@ Refinement follows SAM-Med3D: every click re-runs the decoder with *all* clicks 
 previous low-res logits as the mask prompt (zeros before the first click); the embedding of a window
 is computed once and cached.
 
-Windows. The first positive click of an object opens a 128^3 window at 1.5 mm centred on it. A later
-positive click outside the object's windows opens another window centred on it; a negative click there
-changes nothing (it is counted, and undone like any click). When a window's mask touches the
-window border (a target larger than 192 mm), a window is added that overlaps the touching one by half
-along the touching face, centred laterally on the touching voxels, and prompted with a positive click
-on the mask inside the overlap plus that window's clicks; this repeats until no border is touched or
-``max_windows`` windows exist. The object mask is the union of its windows' masks.
+Windows (SAM family: SAM-Med3D, FastSAM3D, volsam's SAM-style models). The first positive click of an
+object opens a ``size``^3 window at ``spacing`` (128^3 at 1.5 mm) centred on it; a later positive click
+outside the object's windows opens another; a negative click there changes nothing (it is counted, and
+undone). A window whose mask touches its border adds one overlapping it by half along that face, centred
+on the touching voxels, prompted with a positive click on the mask in the overlap plus its own clicks,
+until no border is touched or ``max_windows`` windows exist. The object mask is their masks' union.
+
+Multi-scale windows (early-fusion models, the default; :mod:`volsam.windows`). The same network runs
+at the window spacings ``spacing * scales`` (levels 0, 1, 2: 1.5 / 3 / 6 mm, a 96 / 192 / 384 mm field
+for a 64^3 window). Each object keeps one composed prediction, its *canvas* (volume grid; an initial
+mask starts it), and the level it has reached. One interaction:
+
+1. *Primary window.* A box opens a window centred on the box at the finest level whose field holds the
+   box with 1/8 of the field free on each side (a 2D box counts its largest in-plane side through-plane),
+   so the box channel has a border. A click goes to the object's windows at its level that contain it;
+   outside them a positive click (or a negative one on the object's mask) opens a window centred on it at
+   that level; a negative click off the object adds nothing (it is counted and undone like any click).
+2. *Prediction.* A window gets every click of the object inside it (user clicks, stroke samples, box
+   centres; a positive seed at the deepest point of the prior when no positive click is inside) and as
+   its previous mask either its own last logits (when nothing was pasted since) or the canvas resampled
+   into it (``+-MASK_PROMPT_LOGIT``, area-averaged). Its mask overwrites the canvas inside its footprint
+   (a coarse level pasted from its logits upsampled 2x), so the previous prediction
+   carries across scales and clicks, and a correction anywhere acts on the whole object.
+3. *Zoom out.* While the window's mask touches a window face that lies inside the image, and a coarser
+   level exists, a window one level coarser, centred on the mask's bounding box, predicts again.
+4. *Refine.* From a level above 0, windows one level finer run along the coarse mask's surface: greedily
+   centred on the surface voxel whose window covers the most uncovered surface, until 90% of it is
+   covered; each changes the canvas only within two coarse voxels of the coarse surface. ``max_windows``
+   bounds the windows of one interaction (steps 1-4 together).
+
+Finer windows the coarse level overwrote and did not run again are dropped; later clicks go to the level
+reached.
 
 Objects share one uint8 label map (object n has label n, at most :data:`MAX_OBJECTS`). Overlap policy: by
 default a new object never overwrites voxels of earlier objects (``overwrite=False``); with
@@ -25,9 +50,9 @@ eraser with ``erase=True``) adds strokes to the object's edit layer, forced on (
 prediction of that object until undone. Undo covers prompts, paint, new and deleted objects.
 
 Boxes. The released weights have no box embedding, so a 3D box becomes: a window centred on the box
-centre, a positive click at the box centre, and the result restricted to the box grown by
-``box_margin_mm``. A box drawn on one slice (``lo`` and ``hi`` equal along one axis, a "2D box") asks for
-the 3D object: the same click, restricted in-plane only, never through-plane.
+centre (multi-scale: at the box's level), a positive click at the box centre, and the result restricted
+to the box grown by ``box_margin_mm``. A box drawn on one slice (``lo`` and ``hi`` equal along one axis, a
+"2D box") asks for the 3D object: the same click, restricted in-plane only, never through-plane.
 
 Other prompts, and how they reach the SAM family (SAM-Med3D, FastSAM3D, volsam's SAM-style models),
 whose only inputs are clicks and a low-res mask prompt:
@@ -36,12 +61,10 @@ whose only inputs are clicks and a low-res mask prompt:
   sign, farthest-point sampled along the stroke (in mm), the first nearest the stroke's centroid;
 - **lasso** (:meth:`Session.add_lasso`, a filled polygon on one slice, positive or negative): up to 3
   clicks of its sign at the maxima of the polygon's in-plane distance transform (its deepest points);
-- **initial mask** (:meth:`Session.set_initial_mask`, edit an existing mask or resume saved work): the
-  object's mask until prompts refine it; every window the object opens later starts from the mask's
-  logits (``+-MASK_PROMPT_LOGIT`` where the window sees the mask / not, area-averaged onto the low-res
-  grid) as its mask prompt instead of zeros, and inside the windows' footprint the model's output replaces
-  the initial mask (outside it the initial mask stays). A negative click on the initial mask opens a
-  window (elsewhere a negative click outside every window still adds nothing);
+- **initial mask** (:meth:`Session.set_initial_mask`, edit a mask or resume saved work): the object's mask
+  until prompts refine it; every window the object opens later starts from its logits
+  (``+-MASK_PROMPT_LOGIT``, area-averaged onto the low-res grid) as its mask prompt instead of zeros, and
+  the model's output replaces it inside the windows' footprint only. A negative click on it opens a window;
 - a **negative box** has no SAM-family mapping: a one-line ``ValueError`` says so.
 
 Every prompt is also kept per object in voxel space (``ObjectState.prompts``), so models that take
@@ -61,7 +84,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +97,14 @@ from volsam.prompt_geometry import (
     PROMPT_CHANNELS,
     PROMPT_KINDS,
     VoxelPrompt,
+    box_channels,
     box_prompt,
     deepest_points,
     farthest_points,
     lasso_voxels,
     point_prompt,
+    prompt_channels,
     prompt_from_voxels,
-    prompt_in_window,
     to_voxel,
     voxel_set,
 )
@@ -92,40 +116,25 @@ from volsam.session_state import (
     ObjectState,
     Timings,
     WindowState,
-    border_touches,
     initial_logits,
     label_map,
     object_mask,
+    on_mask,
     visible_mask,
 )
-from volsam.transforms import (
-    Window,
-    extract_window,
-    normalize_window,
-    voxel_to_window,
-    voxel_to_world,
-)
+from volsam.transforms import Window, extract_window, normalize_window, voxel_to_window
+from volsam.windows import SCALES, Click, Geometry, box_level, grow, interact, route
 
-__all__ = [
-    "MASK_PROMPT_LOGIT",
-    "MAX_OBJECTS",
-    "PROMPT_CHANNELS",
-    "PROMPT_KINDS",
-    "ObjectInfo",
-    "Session",
-    "Timings",
-    "default_weights_path",
-    "resolve_model",
-]
+__all__ = ["MASK_PROMPT_LOGIT", "MAX_OBJECTS", "PROMPT_CHANNELS", "PROMPT_KINDS", "ObjectInfo", "Session", "Timings",
+           "default_weights_path", "resolve_model"]
 
 #: Objects one session holds: labels 1..255 fit the uint8 label map.
 MAX_OBJECTS = 255
 
 SAM_FAMILY_PROMPTS = frozenset({"point+", "point-", "box+", "scribble+", "scribble-", "lasso+", "lasso-", "initial"})
-"""What a click-and-mask-prompt model takes (the mapping is in the module docstring); a model may declare
-its own set as a ``supported_prompts`` attribute."""
+"""What a click-and-mask-prompt model takes (the mapping above); a model may declare its own set as a
+``supported_prompts`` attribute. A scribble or lasso becomes up to ``CLICKS_PER_STROKE`` clicks."""
 CLICKS_PER_STROKE = 3
-"""Clicks a scribble or lasso becomes for the SAM family (fewer for short strokes or thin polygons)."""
 
 
 class Session:
@@ -137,8 +146,11 @@ class Session:
         device: torch device; None picks CUDA when available, else CPU.
         clip: intensity window applied before z-normalisation, e.g. (-1000, 1000) for CT (the SAM-Med3D
             paper-era pipeline); None keeps raw intensities.
-        spacing: window spacing in mm (1.5 for the released models).
-        max_windows: windows per object when a target grows past the window border.
+        spacing: window spacing in mm (1.5 for the released models): the finest level of an early-fusion model.
+        scales: an early-fusion model's window spacings as multiples of ``spacing`` (default
+            :data:`~volsam.windows.SCALES`, 1.5 / 3 / 6 mm); ``(1,)`` keeps one spacing.
+        max_windows: SAM family: windows per object when a target grows past the window border; early-fusion
+            models: windows per interaction (zoom-out and refinement together).
         overwrite: whether a newer object may overwrite voxels of earlier ones.
         cache_size: window embeddings kept (least recently used are dropped).
         memory: a Memorizing-SAM memory file (``volsam memory build`` + ``volsam train --memory``) attached
@@ -159,6 +171,7 @@ class Session:
         *,
         clip: tuple[float, float] | None = None,
         spacing: float = 1.5,
+        scales: tuple[float, ...] | None = None,
         max_windows: int = 6,
         overwrite: bool = False,
         cache_size: int = 16,
@@ -195,6 +208,11 @@ class Session:
         self._decode = self.runtime.maybe_compile(self.model.decode)
         self.size = self.model.img_size
         self.spacing = float(spacing)
+        fusion = getattr(self.model, "kind", None) == "fusion"
+        if scales is not None and (not fusion or not scales or min(scales) <= 0):
+            raise ValueError(f"scales are positive spacing factors for early-fusion models only, got {scales!r}")
+        self.scales = tuple(float(f) for f in (scales or SCALES)) if fusion else (1.0,)
+        self.multiscale = fusion
         self.clip = clip
         self.max_windows = max_windows
         self.overwrite = overwrite
@@ -214,8 +232,7 @@ class Session:
 
     def set_image(self, image: str | Path | np.ndarray | Volume, affine: np.ndarray | None = None) -> None:
         """Set the image: a file path (NIfTI, NRRD, MHA/MHD, DICOM folder), a Volume, or an array (X, Y, Z)
-        with an optional 4x4 voxel -> RAS mm affine (identity, 1 mm, when None). Clears objects and cache.
-        """
+        with an optional 4x4 voxel -> RAS mm affine (identity, 1 mm, when None). Clears objects and cache."""
         if isinstance(image, Volume):
             vol = image
         elif isinstance(image, np.ndarray):
@@ -259,32 +276,20 @@ class Session:
 
     def precompute(self, point: tuple[float, float, float], world: bool = False) -> None:
         """Encode the window a first click at ``point`` would open (e.g. on hover), so the click is fast."""
-        self._embedding(self._window_at(self._to_voxel(point, world)))
+        self._embedding(self._geometry().window(self._to_voxel(point, world), 0))
 
     # ----------------------------------------------------------------- prompts
     def _to_voxel(self, point: tuple[float, float, float] | np.ndarray, world: bool) -> np.ndarray:
         return to_voxel(point, self.volume.affine, self.volume.shape, world)
-
-    def _window_at(self, voxel: np.ndarray) -> Window:
-        return Window(voxel_to_world(voxel, self.volume.affine), size=self.size, spacing=self.spacing)
 
     @property
     def _current(self) -> ObjectState:
         return self._objects[self._cur]
 
     def _snapshot(self) -> None:
-        # Logits and masks are never modified in place, so states can share them: only lists are copied.
-        # Prompts change only the current object, so earlier ones are shared with the snapshot as they are.
-        # Paint strokes are a list of immutable prompts too; other actions replace an object, never edit it.
-        cur = self._current
-        copy = replace(
-            cur,
-            windows=[replace(ws, clicks=list(ws.clicks)) for ws in cur.windows],
-            prompts=list(cur.prompts),
-            edits=list(cur.edits),
-        )
+        # Only the current object is edited in place (ObjectState.copy); other actions replace an object.
         objects = list(self._objects)
-        objects[self._cur] = copy
+        objects[self._cur] = self._current.copy()
         self._history.append((objects, self._cur))
 
     @contextmanager
@@ -307,27 +312,7 @@ class Session:
         ``point`` is a voxel index (i, j, k) of the image array, or with ``world=True`` a point in mm RAS+.
         """
         voxel = self._to_voxel(point, world)
-        with self._transaction():
-            obj = self._current
-            obj.num_clicks += 1
-            obj.prompts.append(point_prompt(voxel, positive))
-            label = 1 if positive else 0
-            hit = False
-            for ws in obj.windows:
-                wc = voxel_to_window(voxel, self.volume.affine, ws.window)
-                if ws.window.contains(wc):
-                    ws.clicks.append((wc, label))
-                    self._predict(ws)
-                    hit = True
-            # A negative click outside every window marks voxels the object does not hold; a window prompted
-            # only by it could add foreground, and would cost an encoder pass.
-            if not hit and (positive or self._on_initial(obj, voxel)):
-                ws = self._window_state(obj, self._window_at(voxel))
-                ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
-                obj.windows.append(ws)
-                self._predict(ws)
-            self._grow(obj)
-            return self._commit()
+        return self._add_prompt(point_prompt(voxel, positive), [(voxel, 1 if positive else 0)], user_clicks=1)
 
     def add_box(
         self,
@@ -350,19 +335,10 @@ class Session:
         flat = np.flatnonzero(hi_v - lo_v < 0.5)
         if len(flat) > 1:
             raise ValueError(f"a box must span at least two axes, got corners {tuple(lo)} and {tuple(hi)}")
-        with self._transaction():
-            obj = self._current
-            box_lo, box_hi = np.floor(lo_v - margin), np.ceil(hi_v + margin)
-            box_lo[flat], box_hi[flat] = -np.inf, np.inf  # a 2D box: no through-plane restriction
-            obj.box = (box_lo, box_hi)
-            obj.prompts.append(box_prompt(lo_v, hi_v, positive))
-            centre = (lo_v + hi_v) / 2
-            ws = self._window_state(obj, self._window_at(centre))
-            ws.clicks.append((voxel_to_window(centre, self.volume.affine, ws.window), 1))
-            obj.windows.append(ws)
-            self._predict(ws)
-            self._grow(obj)
-            return self._commit()
+        box_lo, box_hi = np.floor(lo_v - margin), np.ceil(hi_v + margin)
+        box_lo[flat], box_hi[flat] = -np.inf, np.inf  # a 2D box: no through-plane restriction
+        level = box_level(lo_v, hi_v, flat, np.asarray(self.volume.spacing), self._geometry())
+        return self._add_prompt(box_prompt(lo_v, hi_v, positive), [((lo_v + hi_v) / 2, 1)], box=(box_lo, box_hi, level))
 
     def _predict(self, ws: WindowState) -> None:
         emb = self._embedding(ws.window)
@@ -377,46 +353,30 @@ class Session:
             ws.logits = low = low.float().clone()
             ws.mask = self.model.upsample_mask(low).cpu().numpy()
         self.timings.decode_ms += (time.perf_counter() - t0) * 1e3
+        self.timings.windows_decoded += 1
+
+    def _geometry(self) -> Geometry:
+        vol = self.volume
+        return Geometry(vol.affine, vol.shape, self.size, tuple(self.spacing * f for f in self.scales))
+
+    def _predict_with(self, ws: WindowState, clicks: list[Click], prior: torch.Tensor | None) -> None:
+        ws.clicks, ws.logits = clicks, (prior.to(self.device) if prior is not None else None)
+        self._predict(ws)
 
     def _dense_prompts(self, window: Window) -> dict[str, dict[str, torch.Tensor]]:
         """An early-fusion model's box channels for ``window`` (``decode``'s ``dense_prompts``); clicks reach
         it as points, scribbles and lassos as their sampled clicks (the module docstring's mapping)."""
-        boxes = [p for p in self._current.prompts if p.kind == "box"]
+        boxes = box_channels(self._current.prompts, self.volume.affine, window)
         if not boxes:
             return {}
-        out: dict[str, torch.Tensor] = {}
-        for p in boxes:
-            name = "box_pos" if p.positive else "box_neg"
-            m = torch.from_numpy(prompt_in_window(p, self.volume.affine, window).astype(np.float32))
-            m = m[None, None].to(self.device)
-            out[name] = torch.maximum(out[name], m) if name in out else m
-        return {"dense_prompts": out}
-
-    def _grow(self, obj: ObjectState) -> None:
-        """Add overlapping windows where masks touch a window border (see module docstring)."""
-        queue = list(obj.windows)
-        while queue and len(obj.windows) < self.max_windows:
-            ws = queue.pop(0)
-            for centre_vox, seed_vox in border_touches(ws.mask, ws.window, self.volume.affine, self.volume.shape):
-                if len(obj.windows) >= self.max_windows:
-                    break
-                win = self._window_at(centre_vox)
-                if any(
-                    np.allclose(win.center_world, o.window.center_world, atol=self.spacing * self.size / 4)
-                    for o in obj.windows
-                ):
-                    continue
-                new = self._window_state(obj, win)
-                new.clicks.append((voxel_to_window(seed_vox, self.volume.affine, win), 1))
-                self._predict(new)
-                obj.windows.append(new)
-                queue.append(new)
+        return {"dense_prompts": {k: torch.from_numpy(v)[None, None].to(self.device) for k, v in boxes.items()}}
 
     # ----------------------------------------------------------------- results
     def _commit(self) -> np.ndarray:
         """Recompute the current object's mask (the only one a prompt changes) and return it visible."""
         t0 = time.perf_counter()
-        self._current.mask = Crop.of(object_mask(self._current, self.volume.shape, self.volume.affine))
+        vol = self.volume
+        self._current.mask = Crop.of(object_mask(self._current, vol.shape, vol.affine, self.multiscale))
         self._label_map = None
         self.timings.paste_ms += (time.perf_counter() - t0) * 1e3
         return self._visible_mask(self._cur)
@@ -474,14 +434,11 @@ class Session:
 
     @property
     def object_labels(self) -> list[ObjectInfo]:
-        """Every object, in label order: its label, visible voxels (after the overlap policy), volume in ml
-        and whether it is the current one."""
+        """Every object, in label order: label, visible voxels (after the overlap policy), ml, current."""
         counts = np.bincount(self.label_map.ravel(), minlength=len(self._objects) + 1)
         ml = float(np.prod(self.volume.spacing)) / 1000.0
-        return [
-            ObjectInfo(o.label, int(counts[o.label]), float(counts[o.label]) * ml, i == self._cur)
-            for i, o in enumerate(self._objects)
-        ]
+        return [ObjectInfo(o.label, int(counts[o.label]), counts[o.label] * ml, i == self._cur)
+                for i, o in enumerate(self._objects)]
 
     def undo(self) -> np.ndarray:
         """Undo the last prompt, paint, new_object or delete_object; the object that was current before it
@@ -494,8 +451,8 @@ class Session:
 
     @property
     def windows(self) -> list[tuple[Window, np.ndarray]]:
-        """The current object's windows and their (size,)^3 bool masks (before any box restriction),
-        in the order they were opened; the first is centred on the object's first click or box."""
+        """The current object's windows and their (size,)^3 bool masks (before any box restriction), in the
+        order they ran (multi-scale: those kept at the level reached, then the last interaction's)."""
         return [(ws.window, ws.mask) for ws in self._current.windows if ws.mask is not None]
 
     @property
@@ -531,49 +488,53 @@ class Session:
                 f"{type(self.model).__name__} cannot take {what}; it takes {', '.join(sorted(self.supported_prompts))}"
             )
 
-    def _window_state(self, obj: ObjectState, window: Window) -> WindowState:
-        """A new window of ``obj``; with an initial mask, its mask prompt starts from the mask's logits."""
-        ws = WindowState(window)
+    def _open(self, obj: ObjectState, voxel: np.ndarray) -> WindowState:
+        """A new SAM-family window of ``obj`` centred on ``voxel``; with an initial mask, its mask prompt
+        starts from the mask's logits."""
+        ws = WindowState(self._geometry().window(voxel, 0))
         if obj.initial is not None:
-            ws.logits = initial_logits(obj.initial, self.volume.affine, window, self.model.low_res_size).to(self.device)
+            low = initial_logits(obj.initial, self.volume.affine, ws.window, self.model.low_res_size)
+            ws.logits = low.to(self.device)
         return ws
 
-    def _on_initial(self, obj: ObjectState, voxel: np.ndarray) -> bool:
-        if obj.initial is None:
-            return False
-        idx = np.clip(np.floor(voxel + 0.5).astype(int), 0, np.asarray(self.volume.shape) - 1)
-        return bool(obj.initial[tuple(idx)])
-
-    def _add_prompt(self, prompt: VoxelPrompt, clicks: list[tuple[np.ndarray, int]]) -> np.ndarray:
-        """Record ``prompt`` and route its SAM-family ``clicks`` (volume voxels, label 1/0) like add_click,
-        predicting each touched window once."""
+    def _add_prompt(
+        self,
+        prompt: VoxelPrompt,
+        clicks: list[Click],
+        user_clicks: int = 0,
+        box: tuple[np.ndarray, np.ndarray, int] | None = None,
+    ) -> np.ndarray:
+        """Record ``prompt`` and route its ``clicks`` (volume voxels, label 1/0; the first anchors a new
+        window): multi-scale windows, or the SAM family's (see the module docstring). A ``box`` (restriction
+        bounds and multi-scale level) always opens a window at its centre."""
         with self._transaction():
-            obj = self._current
+            obj, geo = self._current, self._geometry()
             obj.prompts.append(prompt)
-            touched: list[WindowState] = []
-            for voxel, label in clicks:
-                hit = False
-                for ws in obj.windows:
-                    wc = voxel_to_window(voxel, self.volume.affine, ws.window)
-                    if ws.window.contains(wc):
-                        ws.clicks.append((wc, label))
-                        hit = True
-                        if not any(t is ws for t in touched):
-                            touched.append(ws)
-                if not hit and (label == 1 or self._on_initial(obj, voxel)):
-                    ws = self._window_state(obj, self._window_at(voxel))
-                    ws.clicks.append((voxel_to_window(voxel, self.volume.affine, ws.window), label))
-                    obj.windows.append(ws)
-                    touched.append(ws)
-            for ws in touched:
+            obj.num_clicks += user_clicks
+            level = None
+            if box is not None:
+                obj.box, level = box[:2], box[2]
+            if self.multiscale:
+                obj.clicks.extend(clicks)
+                # A negative click on the object's mask opens a window; elsewhere it marks what it is not.
+                on = any(lab == 0 and on_mask(obj.canvas, v) for v, lab in clicks)
+                low = self.model.low_res_size
+                interact(obj, clicks, clicks[0][0], geo, self._predict_with, low, self.max_windows, level, on)
+                return self._commit()
+            opener = partial(self._open, obj)
+            if box is not None:
+                ws = opener(clicks[0][0])
+                ws.clicks.append((voxel_to_window(clicks[0][0], geo.affine, ws.window), 1))
+                obj.windows.append(ws)
                 self._predict(ws)
-            self._grow(obj)
+            else:
+                route(obj, clicks, geo, opener, self._predict, partial(on_mask, obj.initial))
+            grow(obj, geo, opener, self._predict, self.max_windows)
             return self._commit()
 
     def add_scribble(self, voxels: np.ndarray, positive: bool = True, *, world: bool = False) -> np.ndarray:
         """Add a scribble to the current object: points (N, 3) (voxel indices, or mm RAS+ with ``world``;
         rounded to voxels) or a mask shaped like the image. Returns the current object's mask.
-
         SAM family: up to ``CLICKS_PER_STROKE`` clicks of its sign, farthest-point sampled in mm."""
         self._require("scribble", positive)
         idx = voxel_set(voxels, self.volume.affine, self.volume.shape, world, "scribble")
@@ -588,13 +549,10 @@ class Session:
         index: int | None = None,
         positive: bool = True,
     ) -> np.ndarray:
-        """Add a lasso to the current object: a closed polygon (M, 2) drawn on the slice ``index`` of voxel
-        ``axis`` (vertices in voxel coordinates of the two other axes, in increasing axis order; the voxels
-        whose centres lie inside or on the outline are taken), or an already filled mask shaped like the
-        image (``axis``/``index`` unused). Returns the current object's mask.
-
-        SAM family: up to ``CLICKS_PER_STROKE`` clicks of its sign at the in-plane distance-transform
-        maxima of the filled region."""
+        """Add a lasso to the current object: a closed polygon (M, 2) on the slice ``index`` of voxel ``axis``
+        (vertices in voxel coordinates of the two other axes, in increasing axis order; voxels whose centres
+        lie inside or on the outline), or a filled image-shaped mask. Returns the current object's mask.
+        SAM family: up to ``CLICKS_PER_STROKE`` clicks of its sign at the filled region's deepest points."""
         self._require("lasso", positive)
         vol = self.volume
         idx = lasso_voxels(polygon, axis, index, vol.affine, vol.shape)
@@ -615,7 +573,7 @@ class Session:
         initial = np.ascontiguousarray(m != 0)
         initial.setflags(write=False)  # shared by undo snapshots
         with self._transaction():
-            self._objects[self._cur] = ObjectState(label=self._current.label, initial=initial)
+            self._objects[self._cur] = ObjectState(self._current.label, initial=initial, canvas=Crop.of(initial))
             return self._commit()
 
     def paint(self, voxels: np.ndarray, *, erase: bool = False, world: bool = False) -> np.ndarray:
@@ -630,21 +588,13 @@ class Session:
             return self._commit()
 
     def prompt_channels(self, window: Window) -> np.ndarray:
-        """The current object's prompts as dense masks in ``window`` coordinates: float32
-        ``[len(PROMPT_CHANNELS), size, size, size]`` (0/1; channel order ``PROMPT_CHANNELS``), for
-        models that take prompts as input channels. A prompt covers each window voxel its voxels round to
-        (thin strokes are never lost on a coarser window) and each window voxel whose centre falls in one
-        of its voxels (none is sparse on a finer window)."""
-        out = np.zeros((len(PROMPT_CHANNELS), *window.shape), dtype=np.float32)
-        for p in self._current.prompts:
-            c = PROMPT_CHANNELS.index(f"{p.kind}{'+' if p.positive else '-'}")
-            out[c][prompt_in_window(p, self.volume.affine, window)] = 1.0
-        return out
+        """The current object's prompts as dense masks on ``window``: float32 ``[len(PROMPT_CHANNELS),
+        size, size, size]`` 0/1, for models that take prompts as channels
+        (:func:`~volsam.prompt_geometry.prompt_channels`)."""
+        return prompt_channels(self._current.prompts, self.volume.affine, window)
 
     def initial_in_window(self, window: Window) -> np.ndarray | None:
         """The current object's initial mask resampled (trilinear, 0..1 float32 ``(size,)*3``) onto
         ``window``: the previous-probability input before the first prediction; None without one."""
         init = self._current.initial
-        if init is None:
-            return None
-        return extract_window(init.view(np.uint8), self.volume.affine, window, order=1)
+        return None if init is None else extract_window(init.view(np.uint8), self.volume.affine, window, order=1)

@@ -7,7 +7,7 @@ Nothing here holds the model or the image; the session does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ __all__ = [
     "initial_logits",
     "label_map",
     "object_mask",
+    "on_mask",
     "visible_mask",
 ]
 
@@ -52,6 +53,7 @@ class Timings:
     decode_ms: float = 0.0
     paste_ms: float = 0.0
     windows_encoded: int = 0
+    windows_decoded: int = 0  # windows the model ran on (an early-fusion model: its only cost)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class WindowState:
     clicks: list[tuple[np.ndarray, int]] = field(default_factory=list)  # window coords, label 1/0
     logits: torch.Tensor | None = None  # previous low-res logits [1, 1, g, g, g] (g = model.low_res_size)
     mask: np.ndarray | None = None  # window mask (size,)^3 bool
+    level: int = 0  # multi-scale: index of the window's spacing (volsam.multiscale)
+    stamp: int = -1  # multi-scale: the object's paste count right after this window's own paste
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,34 @@ class ObjectState:
     prompts: list[VoxelPrompt] = field(default_factory=list)  # every user prompt, in order (voxel space)
     initial: np.ndarray | None = None  # bool volume-shaped initial mask (read-only), see set_initial_mask
     edits: list[VoxelPrompt] = field(default_factory=list)  # paint strokes (kind "paint"; positive: brush)
+    # Multi-scale (early-fusion models): the composed prediction, the level reached, pastes so far, and
+    # every click (volume voxels, label 1/0: user clicks, stroke samples, box centres) in order.
+    canvas: Crop | None = None
+    level: int = 0
+    stamp: int = 0
+    clicks: list[tuple[np.ndarray, int]] = field(default_factory=list)
+
+    def copy(self) -> ObjectState:
+        """A copy for an undo snapshot: the lists are copied, their items (never edited in place) shared."""
+        return replace(
+            self,
+            windows=[replace(ws, clicks=list(ws.clicks)) for ws in self.windows],
+            prompts=list(self.prompts),
+            edits=list(self.edits),
+            clicks=list(self.clicks),
+        )
     mask: Crop | None = None  # the object's mask before the overlap policy (None: empty); replaced, never edited
+
+
+def on_mask(mask: np.ndarray | Crop | None, voxel: np.ndarray) -> bool:
+    """Whether ``voxel`` (float volume indices) rounds to a voxel of ``mask`` (volume-shaped, or a crop)."""
+    if mask is None:
+        return False
+    i = np.floor(voxel + 0.5).astype(int)
+    data = mask.data if isinstance(mask, Crop) else mask
+    if isinstance(mask, Crop):
+        i = i - np.asarray(mask.lo)
+    return bool(np.all((i >= 0) & (i < data.shape)) and data[tuple(i)])
 
 
 def initial_logits(initial: np.ndarray, affine: np.ndarray, window: Window, low_res_size: int) -> torch.Tensor:
@@ -146,14 +177,18 @@ def border_touches(
     return out
 
 
-def object_mask(obj: ObjectState, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+def object_mask(obj: ObjectState, shape: tuple[int, ...], affine: np.ndarray, multiscale: bool = False) -> np.ndarray:
     """The mask of ``obj`` (uint8, volume-shaped) before the overlap policy: the union of its windows'
-    masks, restricted to its box; with an initial mask, that mask outside the windows' footprint; then its
-    paint strokes, in order."""
+    masks (``multiscale``: its canvas, which starts as the initial mask), restricted to its box; with an
+    initial mask, that mask outside the windows' footprint; then its paint strokes, in order."""
     mask = np.zeros(shape, dtype=np.uint8)
-    for ws in obj.windows:
-        if ws.mask is not None:
-            mask |= paste_back(ws.mask, ws.window, shape, affine)
+    if multiscale:
+        if obj.canvas is not None:
+            mask[obj.canvas.slices] = obj.canvas.data
+    else:
+        for ws in obj.windows:
+            if ws.mask is not None:
+                mask |= paste_back(ws.mask, ws.window, shape, affine)
     if obj.box is not None:
         lo = np.clip(obj.box[0], 0, np.asarray(shape) - 1).astype(int)
         hi = np.clip(obj.box[1], 0, np.asarray(shape) - 1).astype(int)
@@ -161,7 +196,7 @@ def object_mask(obj: ObjectState, shape: tuple[int, ...], affine: np.ndarray) ->
         sl = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
         keep[sl] = mask[sl]
         mask = keep
-    if obj.initial is not None:
+    if obj.initial is not None and not multiscale:
         # The initial mask outside the windows' footprint, the model's output inside it.
         out = obj.initial.astype(np.uint8)
         for ws in obj.windows:
