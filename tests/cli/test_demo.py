@@ -32,8 +32,8 @@ def test_bundled_default_model_segments_the_demo(tmp_path):
 def test_default_model_name_uses_the_bundled_weights():
     import torch
 
-    from volsam.registry import DEFAULT_MODEL
     from volsam.models import default_weights_path, resolve_model
+    from volsam.registry import DEFAULT_MODEL
 
     if not default_weights_path().is_file():
         pytest.skip("no default weights bundled in this build")
