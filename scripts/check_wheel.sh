@@ -20,7 +20,10 @@ wheel="$(ls "$work"/dist/volsam-*.whl)"
 "$py" - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = ["volsam/serve/static/index.html", "volsam/serve/static/vendor/niivue.umd.js", "volsam/data/colin27_crop.nii.gz"]
+need = [
+    "volsam/serve/static/index.html", "volsam/serve/static/viewer.js", "volsam/serve/static/labels.js",
+    "volsam/serve/static/vendor/niivue.umd.js", "volsam/data/colin27_crop.nii.gz",
+]
 missing = [n for n in need if n not in names]
 assert not missing, f"wheel lacks {missing}"
 assert not any(n.startswith(("tests/", "scripts/")) for n in names), "wheel carries non-package files"

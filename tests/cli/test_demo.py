@@ -21,7 +21,7 @@ def test_demo_writes_mask_and_png(tmp_path):
 
 def test_bundled_default_model_segments_the_demo(tmp_path):
     """Regression floor for the shipped weights (MODEL_CARD.md): one click in the demo's left thalamus."""
-    from volsam.session import default_weights_path
+    from volsam.models import default_weights_path
 
     if not default_weights_path().is_file():
         pytest.skip("no default weights bundled in this build")
@@ -32,8 +32,8 @@ def test_bundled_default_model_segments_the_demo(tmp_path):
 def test_default_model_name_uses_the_bundled_weights():
     import torch
 
+    from volsam.models import default_weights_path, resolve_model
     from volsam.registry import DEFAULT_MODEL
-    from volsam.session import default_weights_path, resolve_model
 
     if not default_weights_path().is_file():
         pytest.skip("no default weights bundled in this build")

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from volsam.export import export_onnx
-    from volsam.session import resolve_model
+    from volsam.models import resolve_model
 
     model = resolve_model(
         args.model,

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_memory_build(args: argparse.Namespace) -> int:
     from volsam.memory import build_memory, save_memory
-    from volsam.session import resolve_model
+    from volsam.models import resolve_model
 
     model = resolve_model(
         args.model,

@@ -79,10 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from volsam.models import resolve_model
     from volsam.serve.app import create_app
     from volsam.serve.server import server_options
     from volsam.serve.state import token_from
-    from volsam.session import resolve_model
 
     token = token_from(args.token, args.token_file)
     if args.token is not None:

@@ -15,6 +15,9 @@ Endpoints (all JSON unless noted; points are voxel indices (i, j, k) of the imag
   "world"}``; ``POST /sessions/{id}/lasso`` ``{"polygon", "axis", "index", "positive"}``;
   ``POST /sessions/{id}/undo``;
   ``POST /sessions/{id}/reset``; ``POST /sessions/{id}/objects`` (start a new object).
+- Objects (the viewer's list): ``GET /sessions/{id}/objects``, ``POST /sessions/{id}/objects/{label}/select``,
+  ``DELETE /sessions/{id}/objects/{label}``, ``POST /sessions/{id}/paint`` ``{"points", "erase", "world"}``
+  (brush/eraser): see :mod:`volsam.serve.routes.objects`.
 - ``GET /sessions/{id}/labels?format=auto|nii.gz|nrrd|mha|dcm``: the label map file on the image grid
   (``auto``, the default: the image's own format, DICOM-SEG for a DICOM series).
 - ``GET /sessions/{id}/overlay?order=C|F``: the label map as gzip-compressed raw bytes (``application/gzip``)
@@ -65,7 +68,7 @@ from volsam.serve.budget import default_max_bytes
 from volsam.serve.errors import validation_error
 from volsam.serve.nninteractive import weights_licence
 from volsam.serve.routes import datastore as datastore_routes
-from volsam.serve.routes import exports, health, nninteractive, prompts, sessions, viewer
+from volsam.serve.routes import exports, health, nninteractive, objects, prompts, sessions, viewer
 from volsam.serve.routes.viewer import STATIC_DIR as STATIC_DIR
 from volsam.serve.state import DEFAULT_MAX_PROMPT_VOXELS, ModelLoader, ServerState
 from volsam.serve.store import DEFAULT_MIN_IDLE_S, SessionStore
@@ -148,6 +151,7 @@ def create_app(
     # them) do not, so a browser can load them and then send the token the user types with every API call.
     app.include_router(sessions.router)
     app.include_router(prompts.router)
+    app.include_router(objects.router)
     app.include_router(exports.router)
     app.include_router(health.router)
     app.include_router(datastore_routes.router)

@@ -11,7 +11,10 @@ __all__ = [
     "DatastoreImages",
     "DatastoreSession",
     "LassoRequest",
+    "ObjectEntry",
+    "ObjectList",
     "OpenRequest",
+    "PaintRequest",
     "PathRequest",
     "PromptResult",
     "SaveRequest",
@@ -77,6 +80,26 @@ class PromptResult(BaseModel):
     latency_ms: float = Field(description="time spent segmenting (excluding waiting for the session lock)")
     object: int = Field(description="label of the current object")
     clicks: int = Field(description="clicks on the current object")
+
+
+class PaintRequest(BaseModel):
+    points: list[tuple[float, float, float]] = Field(
+        min_length=1, max_length=1 << 20, description="the stroke's voxels (i, j, k), or mm RAS+ with world=true"
+    )
+    erase: bool = Field(False, description="take the voxels out of the current object instead")
+    world: bool = False
+
+
+class ObjectEntry(BaseModel):
+    label: int = Field(description="the object's value in the label map")
+    voxels: int = Field(description="its visible voxels (after the overlap policy)")
+    volume_ml: float
+    current: bool = Field(description="prompts and paint edit this object")
+
+
+class ObjectList(BaseModel):
+    current: int = Field(description="label of the current object")
+    objects: list[ObjectEntry]
 
 
 # ----------------------------------------------------------------------------- datastore (routes/datastore.py)
