@@ -12,7 +12,7 @@
 - a built-in name from :data:`BUILTIN_DATASETS`: ``"colin27-aal"`` (AAL regions and the brain of the
   Colin27 1 mm T1), ``"large-targets"`` (whole brain, cerebral hemispheres, cerebellum and lobes of
   Colin27, 0.1-1.5 L: :data:`LARGE_TARGETS`) and ``"colin27-aal-thick"`` (``colin27-aal`` with 6 mm
-  slices: :func:`thick_colin27`, written once into :func:`volsam.hub.cache_dir`);
+  slices: :func:`volsam.eval.thick.thick_colin27`, written once into :func:`volsam.hub.cache_dir`);
 - a folder of CVPR 2025 challenge cases ``NAME.npz`` (``imgs``, ``spacing``, ``gts``, optional ``boxes``:
   :mod:`volsam.challenge`): image, label and boxes in one file, so ``Case.image`` and ``Case.label`` are
   the same ``.npz``.
@@ -57,7 +57,6 @@ __all__ = [
     "load_dataset",
     "load_target_mask",
     "resolve_targets",
-    "thick_colin27",
     "validate_case",
 ]
 
@@ -430,15 +429,30 @@ def _colin27_files(name: str) -> dict[str, Path]:
     return files
 
 
-def _load_colin27_aal(labels: Sequence[str | int] | None) -> list[Case]:
-    """Colin27 (ch2) 1 mm T1 MRI with AAL regions and the whole brain (``ch2bet > 0``, largest component)."""
-    files = _colin27_files("colin27-aal")
-    brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
-    available = [*_aal_names(files["aal.nii.txt"]), brain]
+def _colin27_brain(files: dict[str, Path]) -> Target:
+    """The whole brain: ``ch2bet > 0``, largest component."""
+    return Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
+
+
+def _colin27_case(
+    case_id: str,
+    files: dict[str, Path],
+    available: list[Target],
+    labels: Sequence[str | int] | None,
+    default: Sequence[str],
+    where: str,
+) -> list[Case]:
+    """The one case of a Colin27 built-in: ``labels`` chosen from ``available`` (``default`` names if None)."""
     by_name = {t.name: t for t in available}
-    default = [by_name[n] for n in COLIN27_DEFAULT_TARGETS if n in by_name]
-    targets = _select(labels, available, default, "colin27-aal")
-    return [Case("colin27", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
+    targets = _select(labels, available, [by_name[n] for n in default if n in by_name], where)
+    return [Case(case_id, files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
+
+
+def _load_colin27_aal(labels: Sequence[str | int] | None) -> list[Case]:
+    """Colin27 (ch2) 1 mm T1 MRI with AAL regions and the whole brain."""
+    files = _colin27_files("colin27-aal")
+    available = [*_aal_names(files["aal.nii.txt"]), _colin27_brain(files)]
+    return _colin27_case("colin27", files, available, labels, COLIN27_DEFAULT_TARGETS, "colin27-aal")
 
 
 def _aal_side(first: int, last: int, side: str) -> tuple[int, ...]:
@@ -473,74 +487,20 @@ LARGE_DEFAULT_TARGETS: tuple[str, ...] = (
 def _load_large_targets(labels: Sequence[str | int] | None) -> list[Case]:
     """Colin27's whole brain, hemispheres, cerebellum and lobes (:data:`LARGE_TARGETS`)."""
     files = _colin27_files("large-targets")
-    brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
     unions = [Target(1000 + i, name, values=vals) for i, (name, vals) in enumerate(LARGE_TARGETS.items())]
-    available = [brain, *unions]
-    by_name = {t.name: t for t in available}
-    targets = _select(labels, available, [by_name[n] for n in LARGE_DEFAULT_TARGETS], "large-targets")
-    return [Case("colin27_large", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
-
-
-THICK_MM = 6.0
-"""Slice thickness of ``colin27-aal-thick``, mm (the issue's thick-slice MR)."""
-
-
-def thick_colin27(out_dir: Path, thickness_mm: float = THICK_MM) -> dict[str, Path]:
-    """Colin27 with slices ``thickness_mm`` thick along its third (inferior-superior) axis: written once.
-
-    The image is the mean of each block of ``round(thickness_mm)`` 1 mm slices (a box slice profile, as a
-    thick acquired slice integrates its slab); the AAL labels and the brain mask take, per voxel, the
-    value most of the block's slices hold (ties: the lowest value). The block's centre is the new voxel
-    centre, so the grid stays aligned in world coordinates. Files ``ch2.nii.gz``, ``aal.nii.gz``,
-    ``ch2bet.nii.gz`` (and ``aal.nii.txt`` copied) under ``out_dir``, written atomically; existing files
-    are reused.
-    """
-    files = _colin27_files("colin27-aal-thick")
-    out = {k: out_dir / k for k in files}
-    if all(p.is_file() for p in out.values()):
-        return out
-    from volsam.io import Volume, read_image, write_image, write_mask
-
-    k = round(thickness_mm)
-    img = read_image(files["ch2.nii.gz"])
-    n = img.shape[2] // k
-    affine = np.array(img.affine, dtype=np.float64)
-    # new voxel j covers old slices k*j .. k*j + k - 1; its centre is old index k*j + (k - 1) / 2
-    affine[:3, 3] = affine[:3, 3] + affine[:3, 2] * (k - 1) / 2.0
-    affine[:3, 2] = affine[:3, 2] * k
-
-    def blocks(a: np.ndarray) -> np.ndarray:
-        return np.asarray(a)[:, :, : n * k].reshape(a.shape[0], a.shape[1], n, k)
-
-    def mode(a: np.ndarray) -> np.ndarray:
-        b = blocks(a).astype(np.int64)
-        values = np.unique(b)
-        counts = np.stack([(b == v).sum(axis=3) for v in values])  # [V, X, Y, n]
-        return values[np.argmax(counts, axis=0)]
-
-    ref = Volume(blocks(img.array).mean(axis=3).astype(np.float32), affine)
-    write_image(ref, out["ch2.nii.gz"])
-    write_mask(mode(read_image(files["aal.nii.gz"], dtype=None).array).astype(np.uint8), ref, out["aal.nii.gz"])
-    brain = np.asarray(read_image(files["ch2bet.nii.gz"]).array) > 0
-    write_mask(mode(brain).astype(np.uint8), ref, out["ch2bet.nii.gz"])
-    from volsam.atomic import atomic_path
-
-    with atomic_path(out["aal.nii.txt"]) as tmp:
-        tmp.write_bytes(files["aal.nii.txt"].read_bytes())
-    return out
+    available = [_colin27_brain(files), *unions]
+    return _colin27_case("colin27_large", files, available, labels, LARGE_DEFAULT_TARGETS, "large-targets")
 
 
 def _load_colin27_thick(labels: Sequence[str | int] | None) -> list[Case]:
-    """``colin27-aal`` at 6 mm slices (:func:`thick_colin27`); default targets the held-out structures."""
+    """``colin27-aal`` at 6 mm slices (:func:`volsam.eval.thick.thick_colin27`); default targets: the
+    held-out structures."""
+    from volsam.eval.thick import thick_colin27
     from volsam.hub import cache_dir
 
-    files = thick_colin27(cache_dir() / "datasets" / "colin27-aal-thick")
-    brain = Target(1, "Brain", label_path=files["ch2bet.nii.gz"], threshold=0.0, largest_component=True)
-    available = [*_aal_names(files["aal.nii.txt"]), brain]
-    by_name = {t.name: t for t in available}
-    default = [by_name[n] for n in COLIN27_HELD_OUT if n in by_name]
-    targets = _select(labels, available, default, "colin27-aal-thick")
-    return [Case("colin27_thick", files["ch2.nii.gz"], files["aal.nii.gz"], targets)]
+    files = thick_colin27(_colin27_files("colin27-aal-thick"), cache_dir() / "datasets" / "colin27-aal-thick")
+    available = [*_aal_names(files["aal.nii.txt"]), _colin27_brain(files)]
+    return _colin27_case("colin27_thick", files, available, labels, COLIN27_HELD_OUT, "colin27-aal-thick")
 
 
 _BUILTINS: dict[str, Callable[[Sequence[str | int] | None], list[Case]]] = {
@@ -558,7 +518,6 @@ def load_dataset(spec: str | Path, labels: Sequence[str | int] | None = None) ->
 
     Args:
         spec: a built-in name, an nnU-Net raw folder, an ``images/`` + ``labels/`` folder or a CSV file.
-
         labels: targets to keep, by name or label value (in this order); None = all (built-ins: their
             default targets, :data:`COLIN27_DEFAULT_TARGETS`, :data:`LARGE_DEFAULT_TARGETS`,
             :data:`COLIN27_HELD_OUT` for the thick set; any AAL region or ``Brain`` may be asked for).
