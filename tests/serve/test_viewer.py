@@ -93,22 +93,28 @@ def server() -> Iterator[tuple[str, list[SpySession]]]:
         yield url + "/", sessions
 
 
-@pytest.fixture(scope="module")
-def page(server):
+def open_page(url: str, **page_options):
+    """Headless Debian chromium on the viewer at ``url`` (ready), for a module's tests; no page error may
+    have happened by the end."""
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 800}, **page_options)
             page.errors = []
             page.on("pageerror", lambda e: page.errors.append(str(e)))
-            page.goto(server[0])
+            page.goto(url)
             page.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT)
             yield page
             assert not page.errors, page.errors
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    yield from open_page(server[0], accept_downloads=True)
 
 
 # ------------------------------------------------------------------ helpers

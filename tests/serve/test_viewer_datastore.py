@@ -22,11 +22,10 @@ import pytest
 from tests.fakes import ThresholdModel
 from tests.serve.test_viewer import (
     ARTIFACTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     TIMEOUT,
     at,
     layer_counts,
+    open_page,
     server_counts,
     updates,
     wait_update,
@@ -76,20 +75,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.errors = []
-            page.on("pageerror", lambda e: page.errors.append(str(e)))
-            page.goto(server.url)
-            page.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT)
-            yield page
-            assert not page.errors, page.errors
-        finally:
-            browser.close()
+    yield from open_page(server.url)
 
 
 def badge(page) -> str:

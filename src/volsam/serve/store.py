@@ -212,7 +212,7 @@ class SessionStore:
         return entry
 
     @contextmanager
-    def busy(self, sid: str) -> Iterator[None]:
+    def busy(self, sid: str) -> Iterator[_Entry]:
         """Mark session ``sid`` in use (never evicted nor expired) for the block, without taking its lock:
         for a request that first reads and decodes a body, then :meth:`use`\\ s the session. 404/410 first."""
         with self._lock:
@@ -221,7 +221,7 @@ class SessionStore:
             entry.last_used = time.monotonic()
             self._live.move_to_end(sid)
         try:
-            yield
+            yield entry
         finally:
             with self._lock:
                 entry.active -= 1
@@ -229,16 +229,6 @@ class SessionStore:
 
     @contextmanager
     def use(self, sid: str) -> Iterator[Session]:
-        """Hold a session's lock for the duration of one request."""
-        with self._lock:
-            entry = self._get(sid)
-            entry.active += 1
-            entry.last_used = time.monotonic()
-            self._live.move_to_end(sid)
-        try:
-            with entry.lock:
-                yield entry.session
-        finally:
-            with self._lock:
-                entry.active -= 1
-                entry.last_used = time.monotonic()
+        """Hold a session's lock for the duration of one request (marked in use as :meth:`busy` does)."""
+        with self.busy(sid) as entry, entry.lock:
+            yield entry.session
